@@ -1,0 +1,119 @@
+"""What can go wrong, as values and as exceptions.
+
+A failed load is a *state*, not an exception: the slot moves to ``error`` (or
+stays ``loaded`` after a refused swap) and its snapshot carries a
+:class:`Failure`.  Exceptions are kept for misuse of the API (an unknown slot
+name, bad configuration) and for the HTTP client's typed errors, which the
+engine turns into failures.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+__all__ = [
+    "ConfigError",
+    "Failure",
+    "PreloadError",
+    "RegistryError",
+    "SlotfsmError",
+    "UnknownModelError",
+    "UnknownSlotError",
+]
+
+
+class PreloadError(enum.Enum):
+    """The kind of every failure a slot can report.
+
+    The first six are pre-load validation (ADR-0007 §1), decided on disk
+    before Lemonade hears of the model.  ``LOAD_TIMEOUT`` is the load timeout
+    (ADR-0007 §3).  The rest describe what the server did.
+    """
+
+    FILE_MISSING = "file_missing"
+    """Nothing at the path (or a symlink whose target is gone)."""
+    NOT_A_FILE = "not_a_file"
+    """A directory, FIFO, socket or device: decided by ``stat``, never opened."""
+    UNREADABLE = "unreadable"
+    """The file exists but cannot be opened or read (permissions, I/O error)."""
+    SIZE_MISMATCH = "size_mismatch"
+    """The size on disk differs from the registry's."""
+    BAD_MAGIC = "bad_magic"
+    """A GGUF asset that does not start with ``GGUF`` or is under 24 bytes."""
+    SHA256_MISMATCH = "sha256_mismatch"
+    """The bytes do not hash to the registry's sha256."""
+    LOAD_TIMEOUT = "load_timeout"
+    """``/load`` did not answer within the slot's ``load_timeout``; never retried."""
+    LOAD_FAILED = "load_failed"
+    """``/load`` answered with an error (or could not be sent)."""
+    UNLOAD_FAILED = "unload_failed"
+    """``/unload`` answered with an error (or could not be sent)."""
+    EVICTED = "evicted"
+    """The server no longer holds the slot's model (LRU, evict-all, restart)."""
+    INTERNAL = "internal"
+    """An unexpected exception inside the slot's own work."""
+
+    @property
+    def is_validation(self) -> bool:
+        """True for the kinds decided by pre-load validation."""
+        return self in _VALIDATION_KINDS
+
+
+_VALIDATION_KINDS = frozenset(
+    {
+        PreloadError.FILE_MISSING,
+        PreloadError.NOT_A_FILE,
+        PreloadError.UNREADABLE,
+        PreloadError.SIZE_MISMATCH,
+        PreloadError.BAD_MAGIC,
+        PreloadError.SHA256_MISMATCH,
+    }
+)
+
+
+@attrs.frozen
+class Failure:
+    """One failure, with the facts a person needs to act on it.
+
+    ``expected`` and ``found`` are filled where a comparison failed (a size,
+    a sha256, a magic); ``path`` where a file was involved; ``model`` where a
+    model name was.  ``message`` is the whole story in one line.
+    """
+
+    kind: PreloadError
+    message: str
+    path: str | None = None
+    model: str | None = None
+    expected: str | None = None
+    found: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind.name}: {self.message}"
+
+
+class SlotfsmError(Exception):
+    """Base class of every exception slotfsm raises on purpose."""
+
+
+class ConfigError(SlotfsmError, ValueError):
+    """A configuration value is invalid (raised at construction)."""
+
+
+class RegistryError(SlotfsmError, ValueError):
+    """The model registry is malformed; the message names the entry."""
+
+
+class UnknownSlotError(SlotfsmError, KeyError):
+    """No slot of that name is configured."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "unknown slot"
+
+
+class UnknownModelError(SlotfsmError, KeyError):
+    """No registry entry of that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown model"
