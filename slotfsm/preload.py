@@ -1,0 +1,587 @@
+"""Pre-load validation: prove a model file sound before Lemonade hears of it.
+
+ADR-0007 §1.  On Lemonade, a ``/load`` that fails for any reason other than
+"file not found" unloads every model of every type (the nuclear evict-all).
+So each load is preceded by :func:`validate` (or :func:`validate_sync`), and
+a failure keeps the load from being sent at all.
+
+The checks run cheapest first and stop at the first failure:
+
+1. ``stat`` the path (a symlink is followed): nothing there is
+   ``FILE_MISSING``; anything but a regular file (directory, FIFO, socket,
+   device) is ``NOT_A_FILE``, decided from ``stat`` alone and never opened,
+   so a FIFO cannot hang us;
+2. the size, unless the registry says 0 (unknown): ``SIZE_MISMATCH``;
+3. open the file without blocking and ``fstat`` the descriptor: a different
+   file than the one ``stat`` saw is ``NOT_A_FILE`` (replaced under us);
+4. for GGUF assets, the first four bytes are ``GGUF`` and the file has at
+   least 24 bytes: ``BAD_MAGIC``;
+5. the sha256 of the whole file, from the same descriptor, in 4 MiB reads:
+   ``SHA256_MISMATCH``; a read error is ``UNREADABLE``.
+
+The sha256 step is skipped under :attr:`HashPolicy.FINGERPRINT` when a
+:class:`FingerprintCache` already holds this exact file state
+``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` with the expected
+sha256.  Two rules keep that sound:
+
+* **changed while hashing** — if the descriptor's fingerprint after the
+  hash differs from the one before, the bytes read may be a mix of two
+  versions: the result is ``UNREADABLE`` ("changed while it was being
+  hashed") and nothing is remembered;
+* **too recent to trust** — a fingerprint is remembered only when the
+  file's last change (mtime and ctime) is at least
+  :attr:`FingerprintCache.min_age` seconds older than the moment it was
+  taken.  A write within the filesystem's timestamp granularity of the last
+  one can leave mtime and ctime unchanged; such a file is simply hashed
+  again next time.
+
+The race this cannot close is the one ADR-0007 accepts: the file may be
+replaced or deleted between validation and Lemonade's own open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from slotfsm.errors import Failure, PreloadError, SlotfsmError
+from slotfsm.registry import ModelEntry
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Fingerprint",
+    "FingerprintCache",
+    "HashPolicy",
+    "ValidationStopped",
+    "default_cache_path",
+    "fingerprint_of",
+    "running_validations",
+    "validate",
+    "validate_sync",
+]
+
+CHUNK_SIZE = 4 * 1024 * 1024
+"""Bytes per read while hashing; cancellation and progress act per chunk."""
+
+GGUF_MAGIC = b"GGUF"
+GGUF_MIN_SIZE = 24
+"""Magic, version (u32), tensor count (u64), metadata count (u64)."""
+
+Fingerprint = tuple[int, int, int, int, int]
+"""``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` of one file state."""
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(bytes_hashed, total_bytes)`` after every chunk."""
+
+
+class HashPolicy(enum.StrEnum):
+    """When the sha256 step runs."""
+
+    ALWAYS = "always"
+    """Hash on every validation."""
+    FINGERPRINT = "fingerprint"
+    """Skip the hash when the file's fingerprint was already verified."""
+
+
+class ValidationStopped(SlotfsmError):
+    """Raised by :func:`validate_sync` when its ``stop`` event was set."""
+
+
+def fingerprint_of(st: os.stat_result) -> Fingerprint:
+    """The fingerprint of the file state ``st`` describes."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FingerprintCache:
+    """Which file states have already been hashed, and to which sha256.
+
+    A bounded LRU map from :data:`Fingerprint` to a sha256, safe to share
+    between threads (validations run in worker threads).  ``min_age``
+    (seconds) is the "too recent to trust" rule of this module: see
+    :meth:`remember`.
+    """
+
+    def __init__(self, maxsize: int = 1024, *, min_age: float = 2.0) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        if min_age < 0:
+            raise ValueError(f"min_age must be >= 0, got {min_age}")
+        self.maxsize = maxsize
+        self.min_age = min_age
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Fingerprint, str] = OrderedDict()
+
+    def lookup(self, fp: Fingerprint) -> str | None:
+        """The sha256 verified for ``fp``, or None; marks it recently used."""
+        with self._lock:
+            sha256 = self._entries.get(fp)
+            if sha256 is not None:
+                self._entries.move_to_end(fp)
+            return sha256
+
+    def remember(self, fp: Fingerprint, sha256: str, *, taken_at_ns: int | None = None) -> bool:
+        """Remember that the file state ``fp`` hashes to ``sha256``.
+
+        ``taken_at_ns`` is the wall-clock time (``time.time_ns()``) at which
+        ``fp`` was read, now if omitted.  The fingerprint is not remembered
+        (and False is returned) when the file's mtime or ctime is less than
+        ``min_age`` seconds older than that: a later write within the
+        filesystem's timestamp granularity might not change them.  The least
+        recently used entry is evicted beyond ``maxsize``.
+        """
+        taken_at_ns = time.time_ns() if taken_at_ns is None else taken_at_ns
+        last_change_ns = max(fp[3], fp[4])
+        if last_change_ns > taken_at_ns - int(self.min_age * 1e9):
+            return False
+        with self._lock:
+            self._entries[fp] = sha256.lower()
+            self._entries.move_to_end(fp)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], maxsize: int = 1024, *, min_age: float = 2.0
+    ) -> FingerprintCache:
+        """Read a cache written by :meth:`save`.
+
+        A missing, unreadable or corrupt file gives an empty cache, never an
+        exception: the worst outcome of a lost cache is one more hash.
+        """
+        cache = cls(maxsize, min_age=min_age)
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+            rows = _parse_rows(document)
+        except (OSError, ValueError, TypeError):
+            return cache
+        for fp, sha256 in rows[-maxsize:]:
+            cache._entries[fp] = sha256
+        return cache
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the cache to ``path`` atomically (temp file, fsync, rename).
+
+        The directory is created if needed.  Raises ``OSError`` when it
+        cannot be written.
+        """
+        with self._lock:
+            rows = [[*fp, sha256] for fp, sha256 in self._entries.items()]
+        text = json.dumps({"version": 1, "entries": rows}, separators=(",", ":"))
+        _write_atomically(Path(path), text.encode("utf-8"))
+
+
+def _parse_rows(document: object) -> list[tuple[Fingerprint, str]]:
+    """The ``(fingerprint, sha256)`` rows of a saved cache, oldest first."""
+    if not isinstance(document, dict) or document.get("version") != 1:
+        raise ValueError("not a fingerprint cache")
+    rows = document.get("entries")
+    if not isinstance(rows, list):
+        raise TypeError("no entries")
+    return [_parse_row(row) for row in rows]
+
+
+def _parse_row(row: object) -> tuple[Fingerprint, str]:
+    if not isinstance(row, list) or len(row) != 6:
+        raise TypeError("bad row")
+    *numbers, sha256 = row
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise TypeError("bad fingerprint")
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise TypeError("bad sha256")
+    dev, ino, size, mtime_ns, ctime_ns = numbers
+    return (dev, ino, size, mtime_ns, ctime_ns), sha256.lower()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def default_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/slotfsm/fingerprints.json`` (or under ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "slotfsm" / "fingerprints.json"
+
+
+# -- how many validations are running ----------------------------------------
+
+_running_lock = threading.Lock()
+_running = 0
+
+
+def running_validations() -> int:
+    """How many :func:`validate_sync` calls are running in this process.
+
+    For tests and diagnostics: after a cancelled :func:`validate` returns,
+    its worker has finished, so this count no longer includes it.
+    """
+    with _running_lock:
+        return _running
+
+
+@contextlib.contextmanager
+def _counted() -> Iterator[None]:
+    global _running
+    with _running_lock:
+        _running += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= 1
+
+
+# -- the checks ---------------------------------------------------------------
+
+
+def validate_sync(
+    entry: ModelEntry,
+    *,
+    policy: HashPolicy = HashPolicy.FINGERPRINT,
+    cache: FingerprintCache | None = None,
+    progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> Failure | None:
+    """Check ``entry``'s file on disk (ADR-0007 §1); blocking.
+
+    Returns None when the file passes, else the first :class:`Failure`
+    (checks run cheapest first; see the module docstring).  ``progress`` is
+    called after every chunk hashed.  When ``stop`` is set, hashing stops
+    within one chunk and :class:`ValidationStopped` is raised.  With a
+    ``cache``, a full pass is remembered, and under
+    :attr:`HashPolicy.FINGERPRINT` a remembered file state skips the hash.
+    """
+    with _counted():
+        st = _stat(entry)
+        if isinstance(st, Failure):
+            return st
+        failure = _check_type(entry, st) or _check_size(entry, st)
+        if failure is not None:
+            return failure
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            return _open_failure(entry, exc)
+        try:
+            return _check_contents(entry, fd, st, policy, cache, progress, stop)
+        except OSError as exc:
+            return _unreadable(entry, f"cannot read it: {_reason(exc)}")
+        finally:
+            os.close(fd)
+
+
+async def validate(
+    entry: ModelEntry,
+    *,
+    policy: HashPolicy = HashPolicy.FINGERPRINT,
+    cache: FingerprintCache | None = None,
+    progress: ProgressCallback | None = None,
+) -> Failure | None:
+    """Check ``entry``'s file on disk (ADR-0007 §1) without blocking the loop.
+
+    Runs :func:`validate_sync` in a worker thread (``progress`` is called
+    from that thread).  When the caller is cancelled, the worker is told to
+    stop and waited for (shielded) before the cancellation propagates, so a
+    cancelled validation returns within one chunk and leaves no thread
+    hashing on.
+    """
+    worker = _Worker(entry, policy, cache, progress)
+    try:
+        return await anyio.to_thread.run_sync(worker.run, abandon_on_cancel=True)
+    finally:
+        if worker.stop():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(worker.finished.wait)
+
+
+class _Worker:
+    """One validation in a worker thread that can be stopped and awaited."""
+
+    def __init__(
+        self,
+        entry: ModelEntry,
+        policy: HashPolicy,
+        cache: FingerprintCache | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.entry = entry
+        self.policy = policy
+        self.cache = cache
+        self.progress = progress
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def run(self) -> Failure | None:
+        with self._lock:
+            if self._stop.is_set():  # abandoned before the thread picked it up
+                raise ValidationStopped
+            self._started = True
+        try:
+            return validate_sync(
+                self.entry,
+                policy=self.policy,
+                cache=self.cache,
+                progress=self.progress,
+                stop=self._stop,
+            )
+        finally:
+            self.finished.set()
+
+    def stop(self) -> bool:
+        """Tell the worker to stop; True if it started and is still running."""
+        with self._lock:
+            self._stop.set()
+            return self._started and not self.finished.is_set()
+
+
+def _stat(entry: ModelEntry) -> os.stat_result | Failure:
+    try:
+        return os.stat(entry.path)
+    except (FileNotFoundError, NotADirectoryError):
+        return _missing(entry)
+    except OSError as exc:  # permission denied on a directory, a symlink loop, I/O
+        return _unreadable(entry, f"cannot stat it: {_reason(exc)}")
+
+
+def _missing(entry: ModelEntry) -> Failure:
+    path = entry.path
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        message = f"model file {path} is a dangling symlink to {target}, which does not exist"
+    else:
+        message = f"model file {path} does not exist"
+    return _failure(PreloadError.FILE_MISSING, entry, message)
+
+
+def _check_type(entry: ModelEntry, st: os.stat_result) -> Failure | None:
+    if stat.S_ISREG(st.st_mode):
+        return None
+    what = _kind_of_file(st.st_mode)
+    return _failure(
+        PreloadError.NOT_A_FILE,
+        entry,
+        f"{_describe(entry.path)} is a {what}, not a regular file",
+        expected="regular file",
+        found=what,
+    )
+
+
+def _kind_of_file(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ]
+    for test, name in kinds:
+        if test(mode):
+            return name
+    return f"special file (mode {stat.filemode(mode)})"
+
+
+def _check_size(entry: ModelEntry, st: os.stat_result) -> Failure | None:
+    if entry.size == 0 or st.st_size == entry.size:
+        return None
+    return _failure(
+        PreloadError.SIZE_MISMATCH,
+        entry,
+        f"size of {_describe(entry.path)} is {st.st_size} bytes, registry says {entry.size}",
+        expected=str(entry.size),
+        found=str(st.st_size),
+    )
+
+
+def _open_failure(entry: ModelEntry, exc: OSError) -> Failure:
+    if isinstance(exc, FileNotFoundError):
+        return _missing(entry)  # deleted between stat and open
+    return _unreadable(entry, f"cannot open it: {_reason(exc)}")
+
+
+def _check_contents(
+    entry: ModelEntry,
+    fd: int,
+    st: os.stat_result,
+    policy: HashPolicy,
+    cache: FingerprintCache | None,
+    progress: ProgressCallback | None,
+    stop: threading.Event | None,
+) -> Failure | None:
+    """The checks that need the open descriptor: identity, magic, sha256."""
+    before = os.fstat(fd)
+    taken_at_ns = time.time_ns()
+    failure = _check_same_file(entry, st, before)
+    if failure is None and entry.gguf:
+        failure = _check_magic(entry, fd, before.st_size)
+    if failure is not None:
+        return failure
+    fp = fingerprint_of(before)
+    if policy is HashPolicy.FINGERPRINT and cache is not None and cache.lookup(fp) == entry.sha256:
+        return None
+    digest = _hash_fd(fd, before.st_size, progress, stop)
+    after = os.fstat(fd)
+    if fingerprint_of(after) != fp:
+        return _changed_while_hashing(entry, before, after)
+    if digest != entry.sha256:
+        return _failure(
+            PreloadError.SHA256_MISMATCH,
+            entry,
+            f"sha256 of {_describe(entry.path)} is {digest}, registry says {entry.sha256}",
+            expected=entry.sha256,
+            found=digest,
+        )
+    if cache is not None:
+        cache.remember(fp, digest, taken_at_ns=taken_at_ns)
+    return None
+
+
+def _check_same_file(
+    entry: ModelEntry, st: os.stat_result, opened: os.stat_result
+) -> Failure | None:
+    """The descriptor must be the regular file ``stat`` saw, not a replacement."""
+    is_regular = stat.S_ISREG(opened.st_mode)
+    if is_regular and (opened.st_dev, opened.st_ino) == (st.st_dev, st.st_ino):
+        return None
+    now = "another regular file" if is_regular else f"a {_kind_of_file(opened.st_mode)}"
+    return _failure(
+        PreloadError.NOT_A_FILE,
+        entry,
+        f"{_describe(entry.path)} was replaced between stat and open (now {now})",
+        expected=f"inode {st.st_ino}",
+        found=f"inode {opened.st_ino}",
+    )
+
+
+def _changed_while_hashing(
+    entry: ModelEntry, before: os.stat_result, after: os.stat_result
+) -> Failure:
+    """UNREADABLE: the bytes hashed may mix two versions of the file."""
+
+    def state(st: os.stat_result) -> str:
+        return f"size {st.st_size}, mtime_ns {st.st_mtime_ns}, ctime_ns {st.st_ctime_ns}"
+
+    return _failure(
+        PreloadError.UNREADABLE,
+        entry,
+        f"model file {_describe(entry.path)} changed while it was being hashed"
+        f" ({state(before)} became {state(after)}); not verified, try again",
+        expected=state(before),
+        found=state(after),
+    )
+
+
+def _check_magic(entry: ModelEntry, fd: int, size: int) -> Failure | None:
+    if size < GGUF_MIN_SIZE:
+        return _failure(
+            PreloadError.BAD_MAGIC,
+            entry,
+            f"{_describe(entry.path)} is {size} bytes,"
+            f" too short for a GGUF file (at least {GGUF_MIN_SIZE})",
+            expected=f"at least {GGUF_MIN_SIZE} bytes",
+            found=f"{size} bytes",
+        )
+    magic = os.pread(fd, len(GGUF_MAGIC), 0)
+    if magic == GGUF_MAGIC:
+        return None
+    shown = _show_bytes(magic)
+    return _failure(
+        PreloadError.BAD_MAGIC,
+        entry,
+        f"{_describe(entry.path)} starts with {shown} (hex {magic.hex()}), expected GGUF magic"
+        f" {_show_bytes(GGUF_MAGIC)}",
+        expected=_show_bytes(GGUF_MAGIC),
+        found=shown,
+    )
+
+
+def _show_bytes(data: bytes) -> str:
+    """``b'GG\\x00F'`` shown as ``'GG\\x00F'``: readable, escapes kept."""
+    return repr(data)[1:]
+
+
+def _hash_fd(
+    fd: int, total: int, progress: ProgressCallback | None, stop: threading.Event | None
+) -> str:
+    """sha256 of the file at ``fd`` from offset 0, one reused buffer."""
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(CHUNK_SIZE))
+    done = 0
+    with open(fd, "rb", buffering=0, closefd=False) as file:
+        while True:
+            if stop is not None and stop.is_set():
+                raise ValidationStopped
+            count = file.readinto(buffer)
+            if not count:
+                break
+            digest.update(buffer[:count])
+            done += count
+            if progress is not None:
+                progress(done, total)
+    return digest.hexdigest()
+
+
+def _describe(path: str) -> str:
+    """``path``, naming the symlink's target when it is one."""
+    if os.path.islink(path):
+        return f"{path} (symlink to {os.path.realpath(path)})"
+    return path
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _unreadable(entry: ModelEntry, why: str) -> Failure:
+    return _failure(PreloadError.UNREADABLE, entry, f"model file {_describe(entry.path)}: {why}")
+
+
+def _failure(
+    kind: PreloadError,
+    entry: ModelEntry,
+    message: str,
+    *,
+    expected: str | None = None,
+    found: str | None = None,
+) -> Failure:
+    return Failure(
+        kind=kind,
+        message=f"{message} (model {entry.name!r})",
+        path=entry.path,
+        model=entry.name,
+        expected=expected,
+        found=found,
+    )
