@@ -1,0 +1,562 @@
+"""An async client for the few Lemonade Server routes slotfsm needs.
+
+:class:`LemonadeClient` speaks to ``/api/v1/load``, ``/api/v1/unload``,
+``/api/v1/health`` and ``/live`` over :class:`httpx.AsyncClient`.  It never
+retries anything, never sends ``null`` fields, never sends an unload without a
+model name, and never lets the API key reach a repr, a log line or an
+exception message.
+
+Everything that can go wrong surfaces as a subclass of :class:`LemonadeError`:
+
+- :class:`ServerUnreachable`: no answer at all (connection refused, reset or
+  closed before a response);
+- :class:`ServerTimeout`: an httpx timeout (connect, write, pool, or read on
+  the routes that have one);
+- :class:`ServerHTTPError`: the server answered with a non-2xx status; its
+  ``status``, ``message`` and ``code`` come from either error-body shape;
+- :class:`ServerParseError`: a 2xx body that is not the JSON the server
+  promises, or a body larger than ``max_body_bytes``.
+
+Response bodies are streamed and read only up to ``max_body_bytes``; one whose
+``Content-Length`` already says it is larger is not read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+from collections.abc import Mapping
+from typing import Self
+
+import anyio
+import attrs
+import httpx
+
+from slotfsm.errors import SlotfsmError
+
+__all__ = [
+    "Health",
+    "LemonadeClient",
+    "LemonadeError",
+    "LoadResult",
+    "LoadedModel",
+    "ServerHTTPError",
+    "ServerParseError",
+    "ServerTimeout",
+    "ServerUnreachable",
+]
+
+API_PREFIX = "/api/v1/"
+"""Every API route is requested under this prefix (``/live`` has none)."""
+
+_MESSAGE_CHARS = 200
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class LemonadeError(SlotfsmError):
+    """Base of the client's errors.
+
+    ``route`` is the method and path, e.g. ``"POST /api/v1/load"``; the
+    message starts with it.
+    """
+
+    def __init__(self, route: str, detail: str) -> None:
+        super().__init__(f"{route}: {detail}")
+        self.route = route
+
+
+class ServerUnreachable(LemonadeError):
+    """No response: connection refused, reset or closed before an answer."""
+
+
+class ServerTimeout(LemonadeError):
+    """An httpx timeout (connect, write, pool or read)."""
+
+
+class ServerParseError(LemonadeError):
+    """A 2xx body that is not what the server promises, or one too large."""
+
+
+class ServerHTTPError(LemonadeError):
+    """The server answered with a non-2xx status.
+
+    ``message`` is the server's own message, from ``{"error": {"message": ...}}``
+    (``/load``), ``{"error": "..."}`` (``/unload``, 401, 405), or else the first
+    200 characters of the body.  ``code`` is the nested object's ``code`` (or
+    its ``type`` when it has no code); ``None`` for the plain-string shape.
+    """
+
+    def __init__(self, route: str, status: int, message: str, code: str | None = None) -> None:
+        detail = f"HTTP {status}: {message}"
+        if code is not None:
+            detail += f" ({code})"
+        super().__init__(route, detail)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+# -- values ------------------------------------------------------------------
+
+
+@attrs.frozen
+class LoadResult:
+    """What a successful ``/load`` reported."""
+
+    model_name: str
+    checkpoint: str | None = None
+    recipe: str | None = None
+
+
+@attrs.frozen
+class LoadedModel:
+    """One model listed by ``/health``.
+
+    ``last_use`` is the server's monotonic clock in milliseconds, not a Unix
+    time: only compare it with an earlier reading of the same server.
+    ``busy`` is ``is_busy or is_streaming`` on newer servers, ``False`` on
+    servers that do not report them.
+    """
+
+    name: str
+    type: str | None = None
+    last_use: int | None = None
+    checkpoint: str | None = None
+    recipe: str | None = None
+    busy: bool = False
+    status: str | None = None
+
+
+def _to_pairs(value: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(value.items()))
+
+
+@attrs.frozen
+class Health:
+    """The parsed ``/health`` answer.
+
+    ``max_models`` is stored as sorted pairs so that a ``Health`` stays
+    hashable; the property hands it out as a read-only mapping.
+    """
+
+    status: str
+    version: str | None = None
+    models: tuple[LoadedModel, ...] = ()
+    _max_models: tuple[tuple[str, int], ...] = attrs.field(factory=dict, converter=_to_pairs)
+    # Every slot looks its model up in every observation: index the names once.
+    _by_name: Mapping[str, LoadedModel] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        by_name: dict[str, LoadedModel] = {}
+        for model in self.models:
+            by_name.setdefault(model.name, model)
+        object.__setattr__(self, "_by_name", types.MappingProxyType(by_name))
+
+    @property
+    def max_models(self) -> Mapping[str, int]:
+        """The per-type model limits (``-1`` means unlimited)."""
+        return types.MappingProxyType(dict(self._max_models))
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The names of the loaded models."""
+        return frozenset(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a model of that name is loaded."""
+        return name in self._by_name
+
+    def get(self, name: str) -> LoadedModel | None:
+        """The loaded model called ``name``, or ``None``."""
+        return self._by_name.get(name)
+
+
+# -- the client --------------------------------------------------------------
+
+
+class LemonadeClient:
+    """An async client for one Lemonade Server.
+
+    ``base_url`` is the server root (``http://127.0.0.1:13305``); API requests
+    go to ``/api/v1/<route>``.  ``api_key``, when given, is sent as
+    ``Authorization: Bearer KEY`` and shown nowhere else.  ``timeout`` bounds
+    every phase of every request except the read of ``/load`` (see
+    :meth:`load`).  ``transport`` replaces the default one (e.g. an
+    :class:`httpx.MockTransport` or an ASGI transport in tests).  Environment
+    proxies and ``.netrc`` are ignored: the server is reached directly.
+
+    Use it as an async context manager or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        max_body_bytes: int = 1 << 20,
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not (isinstance(max_body_bytes, int) and max_body_bytes > 0):
+            raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+        headers = {"Accept": "application/json"}
+        if api_key is not None:
+            # Checked here so that a bad key never reaches httpx, whose header
+            # errors could quote it.  The message does not show the key.
+            if not isinstance(api_key, str) or not api_key or not api_key.isprintable():
+                raise ValueError("api_key must be a non-empty printable string")
+            if not api_key.isascii() or any(c.isspace() for c in api_key):
+                raise ValueError("api_key must be ASCII without whitespace")
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._base_url = str(url).rstrip("/")
+        self._api_key = api_key
+        self._timeout = float(timeout)
+        self._max_body_bytes = max_body_bytes
+        self._http = httpx.AsyncClient(
+            base_url=self._base_url,
+            headers=headers,
+            transport=transport if transport is not None else httpx.AsyncHTTPTransport(retries=0),
+            timeout=httpx.Timeout(self._timeout),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The server root this client talks to."""
+        return self._base_url
+
+    def __repr__(self) -> str:
+        return f"LemonadeClient({self._base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections (and the transport)."""
+        await self._http.aclose()
+
+    # -- routes --------------------------------------------------------------
+
+    async def load(self, model_name: str, **options: str | int | float | bool | None) -> LoadResult:
+        """Load ``model_name`` with ``options`` (``POST /api/v1/load``).
+
+        The body is ``{"model_name": model_name, **options}``; options whose
+        value is ``None`` are left out (the server's parser breaks on
+        ``null``).  ``llamacpp_args`` must be one string (``TypeError``
+        otherwise); other values must be str, int, finite float or bool.  All of
+        this is checked before any request is made.
+
+        ADR-0007: this method never retries, and it has no read timeout of its
+        own (the server queues loads without limit and gives a backend up to
+        600 s).  The caller enforces the slot's load timeout by wrapping the
+        call in ``anyio.fail_after`` / ``anyio.move_on_after``; cancelling it
+        abandons the request cleanly.  A 200 does not prove that the other
+        models survived (a failed load can make the server evict every model,
+        retry, and answer 200): callers must re-read :meth:`health` after every
+        load, successful or not.
+
+        Raises :class:`ServerHTTPError` (404 unknown model, 500 load failure,
+        400, 409), :class:`ServerUnreachable`, :class:`ServerTimeout` (connect
+        or write phase) or :class:`ServerParseError`.
+        """
+        _check_model_name(model_name)
+        body: dict[str, object] = {"model_name": model_name}
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key == "llamacpp_args" and not isinstance(value, str):
+                raise TypeError(f"llamacpp_args must be one string, got {type(value).__name__}")
+            if not isinstance(value, str | int | float):
+                raise TypeError(f"option {key!r} has unsupported type {type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"option {key!r} must be finite, got {value!r}")
+            body[key] = value
+        route, doc = await self._send(
+            "POST",
+            API_PREFIX + "load",
+            body=body,
+            phases=httpx.Timeout(self._timeout, read=None),
+        )
+        obj = _object(route, doc)
+        name = obj.get("model_name", model_name)
+        if not isinstance(name, str) or not name:
+            raise ServerParseError(route, "'model_name' is not a non-empty string")
+        return LoadResult(
+            model_name=name,
+            checkpoint=_opt_str(route, obj, "checkpoint", "body"),
+            recipe=_opt_str(route, obj, "recipe", "body"),
+        )
+
+    async def unload(self, model_name: str) -> bool:
+        """Unload ``model_name`` (``POST /api/v1/unload``).
+
+        ADR-0007: an unload is never sent with an empty body or name, because
+        the server reads that as "unload every model".  An empty,
+        whitespace-only or missing ``model_name`` raises ``ValueError`` before
+        any request is made.
+
+        Returns ``True`` when the server unloaded the model and ``False`` when
+        it answered 404 "Model not loaded" (the model is not loaded either way,
+        so that is not an error).  Any other 404 (e.g. a server without this
+        route) and every other failure raise a :class:`LemonadeError`.
+        """
+        _check_model_name(model_name)
+        try:
+            route, doc = await self._send(
+                "POST", API_PREFIX + "unload", body={"model_name": model_name}
+            )
+        except ServerHTTPError as exc:
+            if exc.status == 404 and "not loaded" in exc.message.lower():
+                return False
+            raise
+        _object(route, doc)
+        return True
+
+    async def health(self) -> Health:
+        """Read ``GET /api/v1/health``.
+
+        The body is parsed strictly: a shape that is not the promised one
+        raises :class:`ServerParseError` rather than being guessed at.  The
+        model list is ``all_models_loaded`` (or ``loaded`` on older servers);
+        each entry needs a non-empty string ``model_name``; ``last_use`` must
+        be an int when present (a bool, float or string is a parse error);
+        ``type``, ``checkpoint``, ``recipe``, ``status`` must be strings and
+        ``is_busy``, ``is_streaming``, ``pinned`` bools when present (``null``
+        counts as absent).  Unknown fields are ignored.
+
+        A model listed twice is merged into one entry, leaning toward "in
+        use": the first entry's fields, ``busy`` if either entry says busy, and
+        the larger ``last_use`` (all readings come from one monotonic clock, so
+        the larger is the most recent use).
+        """
+        route, doc = await self._send("GET", API_PREFIX + "health")
+        return _parse_health(route, doc)
+
+    async def live(self) -> bool:
+        """``GET /live``: ``True`` when the server answers ``{"status": "ok"}``.
+
+        A liveness probe never raises a :class:`LemonadeError`: an unreachable
+        server, a timeout, an error status or any other body gives ``False``.
+        """
+        try:
+            _, doc = await self._send("GET", "/live")
+        except LemonadeError:
+            return False
+        return isinstance(doc, dict) and doc.get("status") == "ok"
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, object] | None = None,
+        phases: httpx.Timeout | None = None,
+    ) -> tuple[str, object]:
+        """Send one request (exactly one) and return ``(route, parsed JSON)``.
+
+        Besides httpx's per-phase timeouts, a request that has one (every
+        route but ``/load``) must complete within ``timeout`` as a whole, so
+        that a server trickling bytes, or a transport without timeouts of its
+        own (an in-process ASGI app), cannot hold a caller forever.
+        """
+        if phases is not None and phases.read is None:
+            return await self._exchange(method, path, body, phases)
+        with anyio.move_on_after(self._timeout) as deadline:
+            return await self._exchange(method, path, body, phases)
+        assert deadline.cancelled_caught
+        raise ServerTimeout(f"{method} {path}", f"no complete answer within {self._timeout:g} s")
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, object] | None,
+        phases: httpx.Timeout | None,
+    ) -> tuple[str, object]:
+        """One request and its bounded body; non-2xx raises :class:`ServerHTTPError`."""
+        route = f"{method} {path}"
+        data = bytearray()
+        too_big = False
+        try:
+            async with self._http.stream(
+                method,
+                path,
+                json=body,
+                timeout=phases if phases is not None else httpx.USE_CLIENT_DEFAULT,
+            ) as response:
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self._max_body_bytes:
+                    too_big = True  # not a byte of it is read
+                else:
+                    # A streamed body is cut off past the limit; httpx then
+                    # leaves its inner iterators to the garbage collector
+                    # (trio reports that as a ResourceWarning).
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > self._max_body_bytes:
+                            too_big = True
+                            break
+                status = response.status_code
+        except httpx.TimeoutException as exc:
+            raise ServerTimeout(route, f"timed out ({type(exc).__name__})") from exc
+        except httpx.DecodingError as exc:
+            raise ServerParseError(route, self._redact(f"undecodable body: {exc}")) from exc
+        except httpx.TransportError as exc:
+            detail = self._redact(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            )
+            raise ServerUnreachable(
+                route, f"server unreachable at {self._base_url} ({detail})"
+            ) from exc
+
+        if not 200 <= status < 300:
+            message, code = _error_fields(bytes(data), status)
+            raise ServerHTTPError(route, status, self._redact(message), code)
+        if too_big:
+            raise ServerParseError(
+                route, f"HTTP {status}: body larger than {self._max_body_bytes} bytes"
+            )
+        try:
+            return route, json.loads(bytes(data))
+        except (ValueError, RecursionError) as exc:
+            raise ServerParseError(route, f"HTTP {status}: body is not JSON") from exc
+
+    def _redact(self, text: str) -> str:
+        if self._api_key and self._api_key in text:
+            return text.replace(self._api_key, "[redacted]")
+        return text
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+def _check_model_name(model_name: object) -> None:
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+
+
+def _error_fields(data: bytes, status: int) -> tuple[str, str | None]:
+    """The message and code of an error body, in either of the server's shapes."""
+    text = data.decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict):
+        error = doc.get("error")
+        if isinstance(error, str) and error:
+            return error, None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            code = error.get("code")
+            if not isinstance(code, str):
+                code = error.get("type")
+            return error["message"], code if isinstance(code, str) else None
+    message = text[:_MESSAGE_CHARS].strip()
+    return message or httpx.codes.get_reason_phrase(status) or f"HTTP {status}", None
+
+
+def _object(route: str, doc: object, where: str = "body") -> dict[str, object]:
+    if not isinstance(doc, dict):
+        raise ServerParseError(route, f"{where} is not a JSON object")
+    return doc
+
+
+def _opt_str(route: str, obj: Mapping[str, object], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise ServerParseError(route, f"{where}: {key!r} is {type(value).__name__}, not a string")
+
+
+def _opt_bool(route: str, obj: Mapping[str, object], key: str, where: str) -> bool:
+    value = obj.get(key)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    raise ServerParseError(route, f"{where}: {key!r} is {type(value).__name__}, not a bool")
+
+
+def _opt_int(route: str, obj: Mapping[str, object], key: str, where: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ServerParseError(route, f"{where}: {key!r} is {type(value).__name__}, not an int")
+
+
+def _parse_model(route: str, index: int, entry: object) -> LoadedModel:
+    where = f"model #{index}"
+    obj = _object(route, entry, where)
+    name = obj.get("model_name")
+    if not isinstance(name, str) or not name:
+        raise ServerParseError(route, f"{where}: 'model_name' is not a non-empty string")
+    where = f"model {name!r}"
+    if obj.get("recipe_options") is not None:
+        _object(route, obj["recipe_options"], f"{where}: 'recipe_options'")
+    _opt_bool(route, obj, "pinned", where)
+    busy = _opt_bool(route, obj, "is_busy", where)
+    streaming = _opt_bool(route, obj, "is_streaming", where)
+    return LoadedModel(
+        name=name,
+        type=_opt_str(route, obj, "type", where),
+        last_use=_opt_int(route, obj, "last_use", where),
+        checkpoint=_opt_str(route, obj, "checkpoint", where),
+        recipe=_opt_str(route, obj, "recipe", where),
+        busy=busy or streaming,
+        status=_opt_str(route, obj, "status", where),
+    )
+
+
+def _merge(first: LoadedModel, again: LoadedModel) -> LoadedModel:
+    uses = [use for use in (first.last_use, again.last_use) if use is not None]
+    return attrs.evolve(
+        first,
+        last_use=max(uses) if uses else None,
+        busy=first.busy or again.busy,
+    )
+
+
+def _parse_health(route: str, doc: object) -> Health:
+    obj = _object(route, doc)
+    status = obj.get("status")
+    if not isinstance(status, str):
+        raise ServerParseError(route, "'status' is not a string")
+    key = "all_models_loaded" if "all_models_loaded" in obj else "loaded"
+    entries = obj.get(key)
+    if not isinstance(entries, list):
+        raise ServerParseError(route, "no model list ('all_models_loaded' or 'loaded')")
+    models: dict[str, LoadedModel] = {}
+    for index, entry in enumerate(entries):
+        model = _parse_model(route, index, entry)
+        seen = models.get(model.name)
+        models[model.name] = model if seen is None else _merge(seen, model)
+
+    max_models: dict[str, int] = {}
+    raw = obj.get("max_models")
+    if raw is not None:
+        for kind, limit in _object(route, raw, "'max_models'").items():
+            if not isinstance(limit, int) or isinstance(limit, bool):
+                raise ServerParseError(route, f"'max_models'[{kind!r}] is not an int")
+            max_models[kind] = limit
+    return Health(
+        status=status,
+        version=_opt_str(route, obj, "version", "body"),
+        models=tuple(models.values()),
+        max_models=max_models,
+    )

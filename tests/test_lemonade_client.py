@@ -1,0 +1,681 @@
+"""LemonadeClient against httpx.MockTransport handlers (no server involved)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from slotfsm.errors import SlotfsmError
+from slotfsm.lemonade import (
+    Health,
+    LemonadeClient,
+    LemonadeError,
+    LoadedModel,
+    LoadResult,
+    ServerHTTPError,
+    ServerParseError,
+    ServerTimeout,
+    ServerUnreachable,
+)
+
+BASE = "http://lemonade.test:13305"
+KEY = "sk-very-secret-key-123"
+
+Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
+
+HEALTH_SAMPLE: dict[str, Any] = {
+    "status": "ok",
+    "version": "10.6.0",
+    "model_loaded": "Qwen3-0.6B-GGUF",
+    "all_models_loaded": [
+        {
+            "model_name": "Qwen3-0.6B-GGUF",
+            "checkpoint": "unsloth/Qwen3-0.6B-GGUF:Q4_0",
+            "type": "llm",
+            "device": "gpu",
+            "backend_url": "http://127.0.0.1:8001/v1",
+            "pid": 12345,
+            "recipe": "llamacpp",
+            "recipe_options": {"ctx_size": 4096, "llamacpp_backend": "vulkan"},
+            "last_use": 1420673741,
+        }
+    ],
+    "max_models": {"llm": 1, "embedding": 1, "reranking": 1, "tts": -1},
+    "websocket_port": 9000,
+}
+
+LOAD_OK = {
+    "status": "success",
+    "model_name": "m",
+    "checkpoint": "org/repo:Q4_0",
+    "recipe": "llamacpp",
+}
+
+
+def make(handler: Handler, **kwargs: Any) -> tuple[LemonadeClient, list[httpx.Request]]:
+    """A client whose transport is ``handler``, and the list of requests it saw."""
+    seen: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        result = handler(request)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return LemonadeClient(BASE, transport=httpx.MockTransport(record), **kwargs), seen
+
+
+def reply(status: int, body: object = None, **kwargs: Any) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if body is None:
+            return httpx.Response(status, **kwargs)
+        return httpx.Response(status, json=body, **kwargs)
+
+    return handler
+
+
+def raising(exc_type: type[httpx.TransportError]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc_type("boom", request=request)
+
+    return handler
+
+
+def health_with(**fields: Any) -> Handler:
+    return reply(200, {"status": "ok", **fields})
+
+
+# -- load --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_load_posts_to_api_v1_and_drops_none_options() -> None:
+    client, seen = make(reply(200, LOAD_OK))
+    async with client:
+        result = await client.load(
+            "m",
+            ctx_size=8192,
+            llamacpp_backend="vulkan",
+            llamacpp_args="--parallel 1",
+            mmproj=None,
+            flag=True,
+            temperature=0.5,
+        )
+    assert result == LoadResult(model_name="m", checkpoint="org/repo:Q4_0", recipe="llamacpp")
+    [request] = seen
+    assert request.method == "POST"
+    assert request.url.path == "/api/v1/load"
+    assert str(request.url).startswith(BASE + "/api/v1/")
+    assert json.loads(request.content) == {
+        "model_name": "m",
+        "ctx_size": 8192,
+        "llamacpp_backend": "vulkan",
+        "llamacpp_args": "--parallel 1",
+        "flag": True,
+        "temperature": 0.5,
+    }
+    assert b"null" not in request.content
+
+
+@pytest.mark.anyio
+async def test_load_has_no_read_timeout_but_other_routes_do() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/load"):
+            return httpx.Response(200, json=LOAD_OK)
+        return httpx.Response(200, json=HEALTH_SAMPLE)
+
+    client, seen = make(handler, timeout=3.0)
+    async with client:
+        await client.load("m")
+        await client.health()
+    load, health = seen
+    assert load.extensions["timeout"] == {"connect": 3.0, "read": None, "write": 3.0, "pool": 3.0}
+    assert health.extensions["timeout"] == {"connect": 3.0, "read": 3.0, "write": 3.0, "pool": 3.0}
+
+
+@pytest.mark.anyio
+async def test_load_minimal_answer_falls_back_to_requested_name() -> None:
+    client, _ = make(reply(200, {"status": "success"}))
+    async with client:
+        assert await client.load("m") == LoadResult(model_name="m", checkpoint=None, recipe=None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"llamacpp_args": ["--parallel", "1"]}, TypeError),
+        ({"llamacpp_args": 1}, TypeError),
+        ({"llamacpp_args": True}, TypeError),
+        ({"ctx_size": [8192]}, TypeError),
+        ({"extra": {"a": 1}}, TypeError),
+        ({"temperature": float("nan")}, ValueError),
+        ({"temperature": float("inf")}, ValueError),
+    ],
+)
+async def test_load_rejects_bad_options_before_any_request(
+    options: dict[str, Any], error: type[Exception]
+) -> None:
+    client, seen = make(reply(200, LOAD_OK))
+    async with client:
+        with pytest.raises(error):
+            await client.load("m", **options)
+    assert seen == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["", "   ", None, 7])
+async def test_load_rejects_empty_model_name(name: Any) -> None:
+    client, seen = make(reply(200, LOAD_OK))
+    async with client:
+        with pytest.raises(ValueError, match="model_name"):
+            await client.load(name)
+    assert seen == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "success", "model_name": ""},
+        {"status": "success", "model_name": "m", "checkpoint": 3},
+        {"status": "success", "model_name": "m", "recipe": ["llamacpp"]},
+        ["success"],
+    ],
+)
+async def test_load_malformed_success_is_a_parse_error(body: object) -> None:
+    client, _ = make(reply(200, body))
+    async with client:
+        with pytest.raises(ServerParseError, match="POST /api/v1/load"):
+            await client.load("m")
+
+
+# -- auth and secrecy --------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_bearer_header_is_sent_when_a_key_is_given() -> None:
+    with_key, seen_with = make(reply(200, HEALTH_SAMPLE), api_key=KEY)
+    without_key, seen_without = make(reply(200, HEALTH_SAMPLE))
+    async with with_key, without_key:
+        await with_key.health()
+        await without_key.health()
+    assert seen_with[0].headers["Authorization"] == f"Bearer {KEY}"
+    assert "Authorization" not in seen_without[0].headers
+
+
+@pytest.mark.anyio
+async def test_api_key_never_shows_in_repr_or_errors() -> None:
+    client, _ = make(reply(401, {"error": "Invalid or missing API key"}), api_key=KEY)
+    echo, _ = make(reply(401, {"error": f"Invalid API key {KEY}"}), api_key=KEY)
+    assert repr(client) == f"LemonadeClient({BASE!r})"
+    assert KEY not in repr(client)
+    assert KEY not in str(client)
+    async with client, echo:
+        for probe in (client.health(), client.load("m"), client.unload("m"), echo.health()):
+            with pytest.raises(ServerHTTPError) as info:
+                await probe
+            exc = info.value
+            assert exc.status == 401
+            for text in (str(exc), repr(exc), exc.message, *map(str, exc.args)):
+                assert KEY not in text
+        assert await client.live() is False
+
+
+@pytest.mark.parametrize("key", ["", "has space", "new\nline", "tab\tkey", "ключ"])
+def test_bad_api_key_is_refused_without_echoing_it(key: str) -> None:
+    with pytest.raises(ValueError) as info:
+        LemonadeClient(BASE, api_key=key)
+    if key:
+        assert key not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["", "127.0.0.1:13305", "ftp://host/", "http://"])
+def test_bad_base_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        LemonadeClient(url)
+
+
+# -- unload ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["", "   ", "\t\n", None])
+async def test_unload_without_a_name_sends_nothing(name: Any) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("an unload without a name must never be sent")
+
+    client, seen = make(handler)
+    async with client:
+        with pytest.raises(ValueError, match="model_name"):
+            await client.unload(name)
+    assert seen == []
+
+
+@pytest.mark.anyio
+async def test_unload_posts_the_name_and_returns_true() -> None:
+    body = {"status": "success", "message": "Model unloaded successfully", "model_name": "m"}
+    client, seen = make(reply(200, body))
+    async with client:
+        assert await client.unload("m") is True
+    [request] = seen
+    assert request.method == "POST"
+    assert request.url.path == "/api/v1/unload"
+    assert json.loads(request.content) == {"model_name": "m"}
+
+
+@pytest.mark.anyio
+async def test_unload_of_a_model_not_loaded_is_false_not_an_error() -> None:
+    client, seen = make(reply(404, {"error": "Model not loaded: m"}))
+    async with client:
+        assert await client.unload("m") is False
+    assert len(seen) == 1
+
+
+@pytest.mark.anyio
+async def test_unload_other_404_is_an_error() -> None:
+    client, _ = make(reply(404, text="Not Found"))
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.unload("m")
+    assert info.value.status == 404
+
+
+# -- error bodies ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_nested_error_object_of_load() -> None:
+    error = {
+        "message": "Model 'x' was not found. Pull it first.",
+        "type": "model_not_found",
+        "param": "model",
+        "code": "model_not_found",
+        "requested_model": "x",
+    }
+    client, _ = make(reply(404, {"error": error}))
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.load("x")
+    exc = info.value
+    assert (exc.status, exc.message, exc.code) == (404, error["message"], "model_not_found")
+    assert exc.route == "POST /api/v1/load"
+    assert "POST /api/v1/load" in str(exc)
+    assert "404" in str(exc)
+    assert isinstance(exc, LemonadeError)
+    assert isinstance(exc, SlotfsmError)
+
+
+@pytest.mark.anyio
+async def test_nested_error_without_code_uses_type() -> None:
+    client, _ = make(reply(409, {"error": {"message": "pinned", "type": "slots_pinned_error"}}))
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.load("x")
+    assert (info.value.status, info.value.code) == (409, "slots_pinned_error")
+
+
+@pytest.mark.anyio
+async def test_plain_string_error_of_unload() -> None:
+    client, _ = make(reply(500, {"error": "backend refused"}))
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.unload("m")
+    exc = info.value
+    assert (exc.status, exc.message, exc.code) == (500, "backend refused", None)
+    assert "POST /api/v1/unload" in str(exc)
+    assert "500" in str(exc)
+
+
+@pytest.mark.anyio
+async def test_non_json_error_body_keeps_the_first_200_chars() -> None:
+    text = "<html>" + "x" * 1000
+    client, _ = make(reply(500, text=text))
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.health()
+    assert info.value.message == text[:200]
+    assert info.value.code is None
+
+
+@pytest.mark.anyio
+async def test_empty_error_body_uses_the_reason_phrase() -> None:
+    client, _ = make(reply(502))
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.health()
+    assert info.value.message == "Bad Gateway"
+
+
+# -- 2xx that is not JSON, and bounded bodies --------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("route", ["load", "unload", "health"])
+@pytest.mark.parametrize("content", [b"<html>ok</html>", b"", b"\xff\xfe", b"[" * 100_000])
+async def test_2xx_non_json_is_a_parse_error(route: str, content: bytes) -> None:
+    client, _ = make(reply(200, content=content))
+    async with client:
+        call = getattr(client, route)
+        with pytest.raises(ServerParseError, match=f"/api/v1/{route}"):
+            await (call() if route == "health" else call("m"))
+
+
+class Endless:
+    """An endless response body that counts the chunks it handed out."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+        self.served = 0
+
+    def __aiter__(self) -> Endless:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.served += 1
+        return self.chunk
+
+
+# httpx leaves its inner iterators to the garbage collector when a streamed
+# read is abandoned; trio reports that as a ResourceWarning.
+abandoned_stream = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.mark.anyio
+@abandoned_stream
+async def test_huge_streamed_2xx_body_is_read_bounded() -> None:
+    body = Endless(b"x" * 100)
+    client, _ = make(lambda request: httpx.Response(200, content=body), max_body_bytes=1000)
+    async with client:
+        with pytest.raises(ServerParseError, match="body larger than 1000 bytes"):
+            await client.health()
+    assert body.served <= 11
+
+
+@pytest.mark.anyio
+@abandoned_stream
+async def test_huge_streamed_error_body_is_read_bounded() -> None:
+    body = Endless(b"y" * 100)
+    client, _ = make(lambda request: httpx.Response(500, content=body), max_body_bytes=1000)
+    async with client:
+        with pytest.raises(ServerHTTPError) as info:
+            await client.load("m")
+    assert info.value.status == 500
+    assert info.value.message == "y" * 200
+    assert body.served <= 11
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [200, 500])
+async def test_declared_huge_body_is_not_read_at_all(status: int) -> None:
+    body = Endless(b"z" * 100)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Content-Length": str(1 << 40)}, content=body)
+
+    client, _ = make(handler, max_body_bytes=1000)
+    async with client:
+        with pytest.raises(LemonadeError) as info:
+            await client.health()
+    assert body.served == 0
+    if status == 200:
+        assert isinstance(info.value, ServerParseError)
+        assert "body larger than 1000 bytes" in str(info.value)
+    else:
+        assert isinstance(info.value, ServerHTTPError)
+        assert info.value.message == "Internal Server Error"
+
+
+@pytest.mark.anyio
+async def test_body_at_the_limit_is_accepted() -> None:
+    content = json.dumps({"status": "ok", "all_models_loaded": []}).encode()
+    client, _ = make(reply(200, content=content), max_body_bytes=len(content))
+    async with client:
+        assert (await client.health()).models == ()
+
+
+# -- transport failures, and no retries --------------------------------------
+
+CALLS: list[tuple[str, tuple[str, ...]]] = [
+    ("load", ("m",)),
+    ("unload", ("m",)),
+    ("health", ()),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "args"), CALLS)
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (httpx.ConnectError, ServerUnreachable),
+        (httpx.ReadError, ServerUnreachable),
+        (httpx.RemoteProtocolError, ServerUnreachable),
+        (httpx.ConnectTimeout, ServerTimeout),
+        (httpx.ReadTimeout, ServerTimeout),
+        (httpx.PoolTimeout, ServerTimeout),
+    ],
+)
+async def test_transport_failures_are_typed_and_sent_once(
+    method: str,
+    args: tuple[str, ...],
+    raised: type[httpx.TransportError],
+    expected: type[LemonadeError],
+) -> None:
+    client, seen = make(raising(raised), api_key=KEY)
+    async with client:
+        with pytest.raises(expected) as info:
+            await getattr(client, method)(*args)
+    assert len(seen) == 1
+    assert f"/api/v1/{method}" in str(info.value)
+    assert KEY not in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "args"), CALLS)
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_error_statuses_are_sent_once(
+    method: str, args: tuple[str, ...], status: int
+) -> None:
+    client, seen = make(reply(status, {"error": "nope"}, headers={"Retry-After": "0"}))
+    async with client:
+        with pytest.raises(ServerHTTPError):
+            await getattr(client, method)(*args)
+    assert len(seen) == 1
+
+
+@pytest.mark.anyio
+async def test_refused_connection_on_a_real_socket_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with LemonadeClient(f"http://127.0.0.1:{port}", timeout=2.0) as client:
+        with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}"):
+            await client.health()
+        assert await client.live() is False
+
+
+# -- cancellation: the caller's load timeout ---------------------------------
+
+
+@pytest.mark.anyio
+async def test_move_on_after_cancels_a_hanging_load_cleanly() -> None:
+    never = anyio.Event()
+    cancelled = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/load":
+            try:
+                await never.wait()
+            finally:
+                cancelled.set()
+        return httpx.Response(200, json=HEALTH_SAMPLE)
+
+    client, seen = make(handler)
+    async with client:
+        with anyio.move_on_after(0.05) as scope:
+            await client.load("m")
+        assert scope.cancelled_caught
+        assert cancelled.is_set()
+        assert [r.url.path for r in seen] == ["/api/v1/load"]
+        # The client is still usable afterwards.
+        assert (await client.health()).names == {"Qwen3-0.6B-GGUF"}
+    assert len(seen) == 2
+
+
+# -- health ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_health_parses_the_documented_shape() -> None:
+    client, seen = make(reply(200, HEALTH_SAMPLE))
+    async with client:
+        health = await client.health()
+    assert seen[0].method == "GET"
+    assert seen[0].url.path == "/api/v1/health"
+    assert health.status == "ok"
+    assert health.version == "10.6.0"
+    assert health.models == (
+        LoadedModel(
+            name="Qwen3-0.6B-GGUF",
+            type="llm",
+            last_use=1420673741,
+            checkpoint="unsloth/Qwen3-0.6B-GGUF:Q4_0",
+            recipe="llamacpp",
+            busy=False,
+            status=None,
+        ),
+    )
+    assert dict(health.max_models) == {"llm": 1, "embedding": 1, "reranking": 1, "tts": -1}
+    assert health.names == frozenset({"Qwen3-0.6B-GGUF"})
+    assert health.get("Qwen3-0.6B-GGUF") is health.models[0]
+    assert health.get("other") is None
+    with pytest.raises(TypeError):
+        health.max_models["llm"] = 2  # type: ignore[index]
+    assert hash(health) == hash(Health("ok", "10.6.0", health.models, dict(health.max_models)))
+
+
+@pytest.mark.anyio
+async def test_health_accepts_the_old_loaded_key_and_minimal_entries() -> None:
+    client, _ = make(health_with(loaded=[{"model_name": "a"}, {"model_name": "b"}]))
+    async with client:
+        health = await client.health()
+    assert health.names == {"a", "b"}
+    assert health.models[0] == LoadedModel(name="a")
+    assert health.version is None
+    assert dict(health.max_models) == {}
+
+
+@pytest.mark.anyio
+async def test_health_with_nothing_loaded() -> None:
+    client, _ = make(health_with(model_loaded=None, all_models_loaded=[], max_models={"llm": 1}))
+    async with client:
+        health = await client.health()
+    assert health.models == ()
+    assert health.names == frozenset()
+
+
+@pytest.mark.anyio
+async def test_health_reads_the_newer_per_model_fields() -> None:
+    models = [
+        {"model_name": "a", "is_busy": True, "is_streaming": False, "status": "in_use"},
+        {"model_name": "b", "is_busy": False, "is_streaming": True, "pinned": True},
+        {"model_name": "c", "is_busy": False, "is_streaming": False, "status": "ready"},
+        {"model_name": "d", "is_busy": None, "status": None, "future": {"x": [1]}},
+    ]
+    client, _ = make(health_with(all_models_loaded=models, something_new=[1, 2]))
+    async with client:
+        health = await client.health()
+    busy = {m.name: m.busy for m in health.models}
+    assert busy == {"a": True, "b": True, "c": False, "d": False}
+    assert [m.status for m in health.models] == ["in_use", None, "ready", None]
+
+
+@pytest.mark.anyio
+async def test_health_merges_a_model_listed_twice() -> None:
+    models = [
+        {"model_name": "a", "last_use": 100, "type": "llm", "status": "ready"},
+        {"model_name": "b", "last_use": 5},
+        {"model_name": "a", "last_use": 300, "type": "embedding", "is_busy": True},
+        {"model_name": "a"},
+    ]
+    client, _ = make(health_with(all_models_loaded=models))
+    async with client:
+        health = await client.health()
+    assert [m.name for m in health.models] == ["a", "b"]
+    assert health.get("a") == LoadedModel(
+        name="a", type="llm", last_use=300, busy=True, status="ready"
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "ok"},
+        {"status": "ok", "all_models_loaded": None},
+        {"status": "ok", "all_models_loaded": {"model_name": "a"}},
+        {"all_models_loaded": []},
+        {"status": 1, "all_models_loaded": []},
+        {"status": "ok", "version": 10, "all_models_loaded": []},
+        {"status": "ok", "all_models_loaded": ["a"]},
+        {"status": "ok", "all_models_loaded": [{"model_name": 3}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": ""}]},
+        {"status": "ok", "all_models_loaded": [{"name": "a"}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": True}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": 1.5}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": "1"}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "type": 1}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "is_busy": "yes"}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "is_streaming": 1}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "pinned": "no"}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "recipe_options": []}]},
+        {"status": "ok", "all_models_loaded": [], "max_models": [1]},
+        {"status": "ok", "all_models_loaded": [], "max_models": {"llm": "1"}},
+        {"status": "ok", "all_models_loaded": [], "max_models": {"llm": True}},
+        ["ok"],
+    ],
+)
+async def test_malformed_health_is_a_parse_error(body: object) -> None:
+    client, _ = make(reply(200, body))
+    async with client:
+        with pytest.raises(ServerParseError, match="GET /api/v1/health"):
+            await client.health()
+
+
+# -- live --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_live_uses_the_unprefixed_route() -> None:
+    client, seen = make(reply(200, {"status": "ok"}))
+    async with client:
+        assert await client.live() is True
+    assert seen[0].method == "GET"
+    assert seen[0].url.path == "/live"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "handler",
+    [
+        reply(503, {"status": "ok"}),
+        reply(200, {"status": "starting"}),
+        reply(200, text="ok"),
+        raising(httpx.ConnectError),
+        raising(httpx.ReadTimeout),
+    ],
+)
+async def test_live_is_false_for_anything_but_ok(handler: Handler) -> None:
+    client, seen = make(handler)
+    async with client:
+        assert await client.live() is False
+    assert len(seen) == 1
