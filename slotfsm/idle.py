@@ -1,0 +1,96 @@
+"""The idle watcher: one ``/health`` poll per interval, told to every slot.
+
+Lemonade before v10.8 has no idle unload, and its ``last_use`` is milliseconds
+on its own monotonic clock, not a time.  The watcher therefore only *observes*:
+each poll becomes one :class:`~slotfsm.events.Observed` event for every slot,
+and each slot's actor decides, through the rulebook's ``idle_expired`` and
+``model_gone`` guards, whether to unload or to report an eviction (ADR-0007 §2).
+The watcher never changes a slot itself.
+
+A flaky server costs nothing but a warning: an unreachable server, a timeout,
+a 5xx or a body that is not the promised JSON is logged and the next poll
+goes on.  A malformed body is never told to any slot, so it can never unload
+anything.  Polls never overlap, and post-load re-reads take turns with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from slotfsm.errors import ConfigError
+from slotfsm.events import Observed
+from slotfsm.lemonade import Health, LemonadeClient, LemonadeError
+
+__all__ = ["IdleWatcher"]
+
+logger = logging.getLogger("slotfsm")
+
+
+class IdleWatcher:
+    """Reads ``/health`` every ``interval`` seconds and hands it to ``deliver``.
+
+    ``deliver`` returns once every slot has handled the observation.
+    ``sequence`` numbers each request as it is sent, so that a slot can tell an
+    observation older than its own load's answer.
+    """
+
+    def __init__(
+        self,
+        client: LemonadeClient,
+        deliver: Callable[[Observed], Awaitable[None]],
+        sequence: Callable[[], int],
+        interval: float = 30.0,
+    ) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise ConfigError(f"poll_interval must be a number of seconds, got {interval!r}")
+        if not math.isfinite(interval) or interval <= 0:
+            raise ConfigError(f"poll_interval must be finite and > 0, got {interval!r}")
+        self.interval = float(interval)
+        self._client = client
+        self._deliver = deliver
+        self._sequence = sequence
+        self._lock = anyio.Lock()
+        self._delivered = 0  # sequence number of the latest reading every slot has handled
+        self.polls = 0
+        """How many ``/health`` requests were sent (periodic and post-load)."""
+        self.failures = 0
+        """How many of them gave nothing usable."""
+
+    async def observe(self, *, after: int | None = None) -> Health | None:
+        """Read ``/health`` once and tell every slot; ``None`` if the read failed.
+
+        With ``after``, a reading already sent after that sequence number and
+        handled by every slot is enough, and no new request is made.
+        """
+        async with self._lock:
+            if after is not None and self._delivered > after:
+                return None
+            seq = self._sequence()
+            at = anyio.current_time()
+            self.polls += 1
+            try:
+                health = await self._client.health()
+            except LemonadeError as exc:
+                self.failures += 1
+                logger.warning("health poll failed, trying again next interval: %s", exc)
+                return None
+            await self._deliver(Observed(health, at, seq))
+            self._delivered = seq
+            return health
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Poll at once, then every ``interval``; a slow poll skips the ticks it overran."""
+        task_status.started()
+        next_poll = anyio.current_time()
+        while True:
+            await self.observe()
+            next_poll += self.interval
+            now = anyio.current_time()
+            if next_poll <= now:
+                next_poll += math.ceil((now - next_poll) / self.interval) * self.interval
+            await anyio.sleep(next_poll - now)
