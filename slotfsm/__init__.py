@@ -4,48 +4,90 @@ Each slot is an explicit finite-state machine run by its own actor task.  A
 model is validated on disk before the server hears of it, a load has a hard
 per-slot timeout and is never retried, and idle models are unloaded on a
 policy of your choosing.  Start with :class:`Controller`.
+
+The names below are imported on first use, so ``import slotfsm`` (and the
+command line) stays cheap until a controller or a client is needed.
 """
 
-import logging as _logging
+from __future__ import annotations
 
-from slotfsm.actor import ControllerClosedError
-from slotfsm.config import SlotConfig
-from slotfsm.controller import Controller
-from slotfsm.errors import (
-    ConfigError,
-    Failure,
-    PreloadError,
-    RegistryError,
-    SlotfsmError,
-    UnknownModelError,
-    UnknownSlotError,
-)
-from slotfsm.lemonade import (
-    Health,
-    LemonadeClient,
-    LemonadeError,
-    LoadedModel,
-    ServerHTTPError,
-    ServerParseError,
-    ServerTimeout,
-    ServerUnreachable,
-)
-from slotfsm.preload import (
-    FingerprintCache,
-    HashPolicy,
-    ValidationStopped,
-    validate,
-    validate_sync,
-)
-from slotfsm.registry import ModelEntry, Registry
-from slotfsm.rules import SlotState
-from slotfsm.snapshot import SlotSnapshot, SlotTransition
-from slotfsm.stream import TransitionStream
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slotfsm.actor import ControllerClosedError
+    from slotfsm.config import SlotConfig
+    from slotfsm.controller import Controller
+    from slotfsm.errors import (
+        ConfigError,
+        Failure,
+        PreloadError,
+        RegistryError,
+        SlotfsmError,
+        UnknownModelError,
+        UnknownSlotError,
+    )
+    from slotfsm.lemonade import (
+        Health,
+        LemonadeClient,
+        LemonadeError,
+        LoadedModel,
+        ServerHTTPError,
+        ServerParseError,
+        ServerTimeout,
+        ServerUnreachable,
+    )
+    from slotfsm.preload import (
+        FingerprintCache,
+        HashPolicy,
+        ValidationStopped,
+        validate,
+        validate_sync,
+    )
+    from slotfsm.registry import ModelEntry, Registry
+    from slotfsm.rules import SlotState
+    from slotfsm.snapshot import SlotSnapshot, SlotTransition
+    from slotfsm.stream import TransitionStream
 
 __version__ = "0.1.0"
 
-# A library logs but never decides where logs go: silence the last-resort handler.
-_logging.getLogger("slotfsm").addHandler(_logging.NullHandler())
+_HOMES = {
+    "slotfsm.actor": ["ControllerClosedError"],
+    "slotfsm.config": ["SlotConfig"],
+    "slotfsm.controller": ["Controller"],
+    "slotfsm.errors": [
+        "ConfigError",
+        "Failure",
+        "PreloadError",
+        "RegistryError",
+        "SlotfsmError",
+        "UnknownModelError",
+        "UnknownSlotError",
+    ],
+    "slotfsm.lemonade": [
+        "Health",
+        "LemonadeClient",
+        "LemonadeError",
+        "LoadedModel",
+        "ServerHTTPError",
+        "ServerParseError",
+        "ServerTimeout",
+        "ServerUnreachable",
+    ],
+    "slotfsm.preload": [
+        "FingerprintCache",
+        "HashPolicy",
+        "ValidationStopped",
+        "validate",
+        "validate_sync",
+    ],
+    "slotfsm.registry": ["ModelEntry", "Registry"],
+    "slotfsm.rules": ["SlotState"],
+    "slotfsm.snapshot": ["SlotSnapshot", "SlotTransition"],
+    "slotfsm.stream": ["TransitionStream"],
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "ConfigError",
@@ -78,3 +120,20 @@ __all__ = [
     "validate",
     "validate_sync",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slotfsm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+# A library logs but never decides where logs go: silence the last-resort handler.
+logging.getLogger("slotfsm").addHandler(logging.NullHandler())

@@ -9,10 +9,24 @@ from pathlib import Path
 
 import anyio
 import httpx
+import hypothesis.strategies as st
 import pytest
 from conftest import ControllerFactory, virtual_time
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
+from slotfsm import (
+    Controller,
+    Health,
+    LoadedModel,
+    ModelEntry,
+    PreloadError,
+    SlotConfig,
+    SlotSnapshot,
+    SlotState,
+)
+from slotfsm.events import Load, LoadSucceeded, Observed, Unloaded, UseChanged, Validated
+from slotfsm.rules import Rulebook, SlotMachine
 from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
 
 pytestmark = pytest.mark.anyio
@@ -364,3 +378,82 @@ async def test_a_bad_state_file_is_reported_and_ignored(
             await ctl.load("a", "alpha")
     assert "state file" in caplog.text
     assert json.loads(state.read_text()) == {"version": 1, "slots": {"a": "alpha"}}
+
+
+# -- the idle rule as a property --------------------------------------------------------
+
+
+class IdleRuleMachine(RuleBasedStateMachine):
+    """Polls, uses, loads and clock advances in any order, fed to one slot's rulebook.
+
+    The test keeps its own account of when the model last showed use, and checks
+    both ways: the slot goes idle-unloading only when the model has been quiet for
+    ``idle_timeout`` and is not in use, and it always does when a poll finds that so.
+    """
+
+    TIMEOUT = 100.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = Rulebook()
+        self.slot = SlotMachine(SlotConfig("s", idle_timeout=self.TIMEOUT))
+        self.book.attach(self.slot)
+        self.now = 0.0
+        self.seq = 0
+        self.last_use = 0
+        self.seen: int | None = None  # the last_use value the slot last saw, if any
+        self.quiet_since = 0.0
+        self.in_use = 0
+
+    @precondition(lambda self: self.slot.state is not SlotState.LOADED)
+    @rule()
+    def load(self) -> None:
+        entry = ModelEntry(name="m", path="/m.gguf", sha256="0" * 64, size=1)
+        for event in (Load(entry), Validated(entry, None), LoadSucceeded("m", self.now, 0)):
+            self.book.step(self.slot, event)
+        if self.slot.state is SlotState.LOADED:
+            self.last_use += 1  # a load moves last_use on the server
+            self.seen, self.quiet_since = None, self.now
+
+    @rule(seconds=st.floats(0, 80))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @precondition(lambda self: self.slot.state is SlotState.LOADED)
+    @rule()
+    def inference(self) -> None:
+        self.last_use += 1
+
+    @rule(delta=st.sampled_from([1, -1]))
+    def use(self, delta: int) -> None:
+        if delta < 0 and self.in_use == 0:
+            return
+        self.in_use += delta
+        self.book.step(self.slot, UseChanged(delta, self.now))
+        self.quiet_since = self.now
+
+    @rule(busy=st.booleans())
+    def poll(self, busy: bool) -> None:
+        self.seq += 1
+        health = Health("ok", models=(LoadedModel("m", last_use=self.last_use, busy=busy),))
+        was_loaded = self.slot.state is SlotState.LOADED
+        expired = (
+            was_loaded
+            and self.seen == self.last_use
+            and not busy
+            and self.in_use == 0
+            and self.now - self.quiet_since >= self.TIMEOUT
+        )
+        step = self.book.step(self.slot, Observed(health, self.now, self.seq))
+        unloaded = step.dest is SlotState.UNLOADING and step.source is SlotState.LOADED
+        assert unloaded == expired, (unloaded, expired, self.now - self.quiet_since)
+        if unloaded:
+            self.book.step(self.slot, Unloaded("m"))
+        elif was_loaded:
+            if self.seen is not None and (self.seen != self.last_use or busy):
+                self.quiet_since = self.now
+            self.seen = self.last_use
+
+
+TestIdleRule = IdleRuleMachine.TestCase
+TestIdleRule.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
