@@ -171,11 +171,16 @@ class SlotActor:
         finally:
             self._send.close()
             closed = ControllerClosedError(f"slot {self.name!r}: the controller closed")
-            for reply in self._waiting:
-                reply.fail(closed)
-            for envelope in self._postponed:
+            unanswered = [*self._waiting, *(e.reply for e in self._postponed if e.reply)]
+            while True:  # commands still in the mailbox are answered too
+                try:
+                    envelope = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
                 if envelope.reply is not None:
-                    envelope.reply.fail(closed)
+                    unanswered.append(envelope.reply)
+            for reply in unanswered:
+                reply.fail(closed)
 
     def _handle(self, envelope: _Envelope) -> None:
         event = envelope.event

@@ -11,6 +11,7 @@ from conftest import ControllerFactory, virtual_time
 from slotfsm import (
     ConfigError,
     Controller,
+    ControllerClosedError,
     ModelEntry,
     PreloadError,
     SlotConfig,
@@ -309,3 +310,27 @@ async def test_hung_load_times_out_at_the_default_120s_without_retry(
         assert len(loads_of(fake, "beta")) == 1
         assert ctl.snapshot("b").state is SlotState.ERROR
         assert ctl.snapshot("a").state is SlotState.LOADED
+
+
+async def test_callers_still_waiting_are_answered_when_the_controller_closes(
+    fake: FakeLemonade, make_controller: ControllerFactory
+) -> None:
+    fake.hang("alpha")
+    answers: list[BaseException] = []
+
+    async def caller(ctl: Controller, slot: str) -> None:
+        try:
+            await ctl.load(slot, "alpha")
+        except ControllerClosedError as exc:
+            answers.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as callers:
+            async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
+                callers.start_soon(caller, ctl, "a")  # will hang in loading
+                await fake.wait_hanging("alpha")
+                callers.start_soon(caller, ctl, "a")  # postponed behind the first
+                callers.start_soon(caller, ctl, "b")  # queued behind a's load on the server
+                await anyio.wait_all_tasks_blocked()
+    assert len(answers) == 3
+    assert all("closed" in str(exc) for exc in answers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from slotfsm import Failure, Health, LoadedModel, ModelEntry, PreloadError, SlotConfig, SlotState
@@ -36,6 +36,7 @@ from slotfsm.rules import (
     idle_expired,
     model_gone,
 )
+from slotfsm.testing import strategies
 
 NAMES = ("alpha", "beta", "gamma")
 ENTRIES = {
@@ -106,9 +107,7 @@ failures = st.one_of(
         lambda k: Failure(k, k.name.lower())
     ),
 )
-healths = st.dictionaries(
-    st.sampled_from(NAMES), st.one_of(st.none(), st.integers(0, 3)), max_size=3
-).map(lambda d: health(**d))
+healths = strategies.healths(NAMES)
 
 
 class RulebookMachine(RuleBasedStateMachine):
@@ -224,3 +223,9 @@ TestRulebook.settings = settings(max_examples=300, stateful_step_count=40, deadl
 def test_postponed_commands_are_exactly_the_busy_states(state: SlotState) -> None:
     for trigger in (Trigger.LOAD, Trigger.UNLOAD, Trigger.RESET):
         assert ((state, trigger) in POSTPONED) == (not state.settled)
+
+
+@given(strategies.slot_configs(), strategies.healths())
+def test_strategies_build_valid_values(config: SlotConfig, h: Health) -> None:
+    assert config.load_timeout > 0
+    assert len(h.names) == len(h.models)
