@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from slotfsm.errors import (
         ConfigError,
         Failure,
+        ModelInUseError,
         PreloadError,
         RegistryError,
         SlotfsmError,
@@ -59,6 +60,7 @@ _HOMES = {
     "slotfsm.errors": [
         "ConfigError",
         "Failure",
+        "ModelInUseError",
         "PreloadError",
         "RegistryError",
         "SlotfsmError",
@@ -101,6 +103,7 @@ __all__ = [
     "LemonadeError",
     "LoadedModel",
     "ModelEntry",
+    "ModelInUseError",
     "PreloadError",
     "Registry",
     "RegistryError",

@@ -40,7 +40,7 @@ from slotfsm.events import (
     UnloadFailed,
     Validated,
 )
-from slotfsm.lemonade import LemonadeClient, LemonadeError
+from slotfsm.lemonade import LemonadeClient, LemonadeError, ServerHTTPError
 from slotfsm.rules import Outcome, Rulebook, SlotData, SlotMachine, SlotState, Step
 from slotfsm.snapshot import SlotSnapshot, SlotTransition
 
@@ -100,7 +100,7 @@ class SlotActor:
         *,
         client: LemonadeClient,
         validate: Validator,
-        recheck: Callable[[], Awaitable[None]],
+        reconcile: Callable[[], Awaitable[None]],
         sequence: Callable[[], int],
         publish: Callable[[SlotTransition], None],
         history: int = 32,
@@ -112,7 +112,7 @@ class SlotActor:
         self._rulebook = rulebook
         self._client = client
         self._validate = validate
-        self._recheck = recheck
+        self._reconcile = reconcile
         self._sequence = sequence
         self._publish = publish
         self._machine = SlotMachine(config, data)
@@ -170,23 +170,25 @@ class SlotActor:
                         envelope.handled()
         finally:
             self._send.close()
-            closed = ControllerClosedError(f"slot {self.name!r}: the controller closed")
             unanswered = [*self._waiting, *(e.reply for e in self._postponed if e.reply)]
-            while True:  # commands still in the mailbox are answered too
+            while True:  # what is still in the mailbox is answered too
                 try:
                     envelope = self._receive.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
                 if envelope.reply is not None:
                     unanswered.append(envelope.reply)
+                if envelope.handled is not None:
+                    envelope.handled()
             for reply in unanswered:
-                reply.fail(closed)
+                reply.fail(ControllerClosedError(f"slot {self.name!r}: the controller closed"))
 
     def _handle(self, envelope: _Envelope) -> None:
         event = envelope.event
         if envelope.epoch is not None and envelope.epoch != self._epoch:
             logger.debug("slot %s: refused stale %s", self.name, event.trigger)
             return
+        before = self._machine.data
         try:
             step = self._rulebook.step(self._machine, event)
         except Exception as exc:  # a defect in an update or guard: surface it, keep running
@@ -207,7 +209,7 @@ class SlotActor:
         if step.changed_state:
             self._leave_state()
         if step.notable:
-            self._record(step)
+            self._record(step, before)
         for effect in step.effects:
             self._start(effect)
         self._snapshot = self._make_snapshot()
@@ -222,7 +224,12 @@ class SlotActor:
 
     @property
     def state(self) -> SlotState:
+        """The slot's current state."""
         return self._machine.state
+
+    def detach(self) -> None:
+        """Leave the shared rulebook (after the actor has stopped)."""
+        self._rulebook.detach(self._machine)
 
     def _leave_state(self) -> None:
         """Cancel the work the old state owned: its results can no longer matter."""
@@ -232,24 +239,28 @@ class SlotActor:
         self._epoch += 1
         self._since = anyio.current_time()
 
-    def _record(self, step: Step) -> None:
+    def _record(self, step: Step, before: SlotData) -> None:
         """Keep and publish a transition (a change of state, or a guarded internal one)."""
         assert step.rule is not None
         data = self._machine.data
-        failure = data.error if step.changed_state else None  # commands clear it: this is news
+        failure = data.error if data.error is not before.error else None  # only news
+        model = data.model or (data.target.name if data.target else None)
         record = SlotTransition(
             slot=self.name,
             source=step.source,
             dest=step.dest,
             trigger=step.rule.trigger.value,
             at=anyio.current_time(),
-            model=data.model or (data.target.name if data.target else None),
+            model=failure.model if failure is not None and failure.model else model,
             failure=failure,
             reason=str(failure) if failure else step.rule.label,
         )
         self._history.append(record)
         (logger.warning if failure else logger.info)("%s", record)
-        self._publish(record)
+        try:
+            self._publish(record)
+        except Exception:  # a subscriber's defect must not stop the slot
+            logger.exception("slot %s: publishing a transition failed", self.name)
 
     def _make_snapshot(self) -> SlotSnapshot:
         data = self._machine.data
@@ -259,6 +270,7 @@ class SlotActor:
             model=data.model,
             error=data.error,
             target=data.target.name if data.target is not None else None,
+            stray=data.stray,
             since=self._since,
             in_use=data.in_use,
             history=tuple(self._history),
@@ -294,53 +306,58 @@ class SlotActor:
     async def _load(self, effect: CallLoad) -> Event:
         """Send ``/load`` once, under the ``loading`` state timer (ADR-0007 §3).
 
-        The timer is the slot's ``load_timeout``; when it fires the request is
+        The timer is the slot's ``load_timeout``; it covers unloading the model
+        being replaced and the load itself.  When it fires the request is
         abandoned and never sent again.  Whatever the outcome, ``/health`` is
         read again before the slot settles, because even a 200 can hide an
         evict-all of every other model.
         """
         name = effect.entry.name
         timeout = self.config.load_timeout
+        stray = effect.replaces  # what the server may hold for us if we stop here
+        left = None  # a replaced stray the server did not hold yet: it may still arrive
         event: Event
         with anyio.move_on_after(timeout) as timer:
             try:
                 if effect.replaces is not None:
-                    await self._client.unload(effect.replaces)
+                    held = await self._client.unload(effect.replaces)
+                    left = effect.replaces if effect.replaces_stray and not held else None
+                stray = name  # from here on, the server may bring the new model up
                 await self._client.load(name, **self.config.load_options)
-                event = LoadSucceeded(name, anyio.current_time(), self._sequence())
+                event = LoadSucceeded(name, anyio.current_time(), self._sequence(), left)
             except LemonadeError as exc:
-                event = LoadFailed(
-                    Failure(
-                        PreloadError.LOAD_FAILED,
-                        f"loading {name!r} failed: {exc}",
-                        path=effect.entry.path,
-                        model=name,
-                    )
-                )
-        if timer.cancelled_caught:
-            event = LoadTimedOut(
-                Failure(
-                    PreloadError.LOAD_TIMEOUT,
-                    f"/load of {name!r} did not answer within {timeout:g} s; not retried",
+                if isinstance(exc, ServerHTTPError) and stray == name:
+                    stray = left  # the server answered: the load did not happen
+                failure = Failure(
+                    PreloadError.LOAD_FAILED,
+                    f"loading {name!r} failed: {exc}",
                     path=effect.entry.path,
                     model=name,
-                    expected=f"an answer within {timeout:g} s",
-                    found="no answer",
                 )
+                event = LoadFailed(failure, stray=stray)
+        if timer.cancelled_caught:
+            failure = Failure(
+                PreloadError.LOAD_TIMEOUT,
+                f"/load of {name!r} did not answer within {timeout:g} s; not retried",
+                path=effect.entry.path,
+                model=name,
+                expected=f"an answer within {timeout:g} s",
+                found="no answer",
             )
-        await self._recheck()
+            event = LoadTimedOut(failure, stray=stray)
+        await self._reconcile()
         return event
 
     async def _unload(self, model: str) -> Event:
         try:
-            await self._client.unload(model)
+            held = await self._client.unload(model)
         except LemonadeError as exc:
             return UnloadFailed(
                 Failure(
                     PreloadError.UNLOAD_FAILED, f"unloading {model!r} failed: {exc}", model=model
                 )
             )
-        return Unloaded(model)
+        return Unloaded(model, was_loaded=held)
 
 
 def _crashed(effect: Effect, exc: Exception) -> Event:

@@ -21,7 +21,8 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Self
 
@@ -31,7 +32,13 @@ from anyio.abc import TaskGroup
 
 from slotfsm.actor import SlotActor
 from slotfsm.config import SlotConfig
-from slotfsm.errors import ConfigError, Failure, SlotfsmError, UnknownSlotError
+from slotfsm.errors import (
+    ConfigError,
+    Failure,
+    ModelInUseError,
+    SlotfsmError,
+    UnknownSlotError,
+)
 from slotfsm.events import Load, Observed, Reset, Unload, UseChanged
 from slotfsm.idle import IdleWatcher
 from slotfsm.lemonade import Health, LemonadeClient
@@ -98,8 +105,12 @@ class Controller:
         self._hub = TransitionHub()
         self._sequence = itertools.count(1).__next__
         self._actors: dict[str, SlotActor] = {}
-        self._watcher = IdleWatcher(self._client, self._deliver, self._sequence, poll_interval)
+        self._watcher = IdleWatcher(
+            self._client, self._tell_every_slot, self._sequence, poll_interval
+        )
         self._task_group: TaskGroup | None = None
+        self._started = False
+        self._loading: Counter[tuple[str, str]] = Counter()  # (slot, model) of load() calls
         self._state_dirty: anyio.Event | None = None
         self._written: dict[str, str] = {}
 
@@ -109,9 +120,10 @@ class Controller:
     # -- lifetime -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._task_group is not None:
-            raise SlotfsmError("this controller is already running")
-        resumed = await self._resume()
+        if self._started:
+            raise SlotfsmError("a Controller runs once; create a new one to run again")
+        self._started = True
+        resumed, recorded = await self._resume()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -123,7 +135,7 @@ class Controller:
                     self._rulebook,
                     client=self._client,
                     validate=self._validate,
-                    recheck=self._recheck,
+                    reconcile=self._reconcile_after_load,
                     sequence=self._sequence,
                     publish=self._on_transition,
                     history=self._history,
@@ -133,12 +145,13 @@ class Controller:
                 self._actors[name] = actor
                 await task_group.start(actor.run)
             if self._state_path is not None:
+                self._written = recorded  # what is on disk: rewritten if it differs
                 self._state_dirty = anyio.Event()
-                self._written = self._assignments()
+                self._state_dirty.set()
                 task_group.start_soon(self._keep_state_file)
             await task_group.start(self._watcher.run)
-        except BaseException as exc:
-            await self._stop(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await self._stop()
             raise
         return self
 
@@ -147,22 +160,17 @@ class Controller:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stop(exc_type, exc, tb)
+    ) -> None:
+        await self._stop()
 
-    async def _stop(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
+    async def _stop(self) -> None:
+        """Cancel every slot's work, say what stays loaded, and release everything."""
         task_group, self._task_group = self._task_group, None
         assert task_group is not None
         task_group.cancel_scope.cancel()
         try:
             # The block's own exception propagates as it is, never wrapped in a group.
             await task_group.__aexit__(None, None, None)
-            return None
         finally:
             with anyio.CancelScope(shield=True):
                 held = self._assignments()
@@ -172,10 +180,10 @@ class Controller:
                         ", ".join(f"{slot}={model}" for slot, model in sorted(held.items())),
                     )
                 if self._state_path is not None and held != self._written:
-                    await anyio.to_thread.run_sync(write_assignments, self._state_path, held)
+                    await self._write_state(held)
                 self._hub.close()
                 for actor in self._actors.values():
-                    self._rulebook.detach(actor._machine)
+                    actor.detach()
                 self._actors.clear()
                 await self._client.aclose()
 
@@ -192,7 +200,14 @@ class Controller:
         """
         actor = self._actor(slot)
         entry = self._registry[model]
-        return await actor.command(Load(entry))
+        self._claim(slot, model)
+        self._loading[slot, model] += 1
+        try:
+            return await actor.command(Load(entry))
+        finally:
+            self._loading[slot, model] -= 1
+            if not self._loading[slot, model]:
+                del self._loading[slot, model]
 
     async def unload(self, slot: str) -> SlotSnapshot:
         """Empty ``slot`` (``/unload`` with its model's name); return the settled snapshot."""
@@ -236,10 +251,16 @@ class Controller:
 
     @contextlib.asynccontextmanager
     async def in_use(self, slot: str) -> AsyncIterator[SlotSnapshot]:
-        """Mark ``slot``'s model busy for the duration: it is never idle-unloaded meanwhile."""
+        """Mark ``slot``'s model busy for the duration: it is never idle-unloaded meanwhile.
+
+        Yields the slot's snapshot once the mark is in place (check ``state``
+        and ``model`` before using the model).
+        """
         actor = self._actor(slot)
-        actor.tell(UseChanged(+1, anyio.current_time()))
+        marked = anyio.Event()
+        actor.tell(UseChanged(+1, anyio.current_time()), marked.set)
         try:
+            await marked.wait()
             yield actor.snapshot
         finally:
             with contextlib.suppress(SlotfsmError):
@@ -264,21 +285,42 @@ class Controller:
             raise SlotfsmError("the controller is not running: use 'async with Controller(...)'")
         return self._task_group
 
+    def _claim(self, slot: str, model: str) -> None:
+        """Refuse a model another slot holds, is loading, or may still hold.
+
+        The server keeps one copy of each model: two slots sharing one would
+        unload it under each other.  Checked and claimed with no await in
+        between, so two concurrent calls cannot both pass.
+        """
+        for other, actor in self._actors.items():
+            if other == slot:
+                continue
+            snap = actor.snapshot
+            if model in (snap.model, snap.target) or (other, model) in self._loading:
+                raise ModelInUseError(f"model {model!r} is in use by slot {other!r}")
+            if model == snap.stray:
+                raise ModelInUseError(
+                    f"slot {other!r} may still hold model {model!r} (see its snapshot's"
+                    " 'stray'); unload or reset that slot first"
+                )
+
     async def _validate(self, entry: ModelEntry) -> Failure | None:
         return await validate(entry, policy=self._hash_policy, cache=self._cache)
 
-    async def _recheck(self) -> None:
+    async def _reconcile_after_load(self) -> None:
         """After every ``/load``: even a 200 can hide an evict-all (ADR-0007).
 
         Any ``/health`` reading sent after this call, and handled by every
         slot, will do: loads that finish together share one reading.
         """
-        await self._watcher.observe(after=self._sequence())
+        await self._watcher.observe(newer_than=self._sequence())
 
-    async def _deliver(self, observed: Observed) -> None:
+    async def _tell_every_slot(self, observed: Observed) -> None:
         """Tell every slot, and return once every slot has handled it."""
         actors = list(self._actors.values())
         remaining = len(actors)
+        if not remaining:
+            return
         done = anyio.Event()
 
         def handled() -> None:
@@ -306,40 +348,47 @@ class Controller:
         return held
 
     async def _keep_state_file(self) -> None:
-        assert self._state_path is not None and self._state_dirty is not None
+        assert self._state_dirty is not None
         while True:
             await self._state_dirty.wait()
             self._state_dirty = anyio.Event()
             held = self._assignments()
             if held != self._written:
-                try:
-                    await anyio.to_thread.run_sync(write_assignments, self._state_path, held)
-                except OSError as exc:
-                    logger.warning("could not write state file %s: %s", self._state_path, exc)
-                else:
-                    self._written = held
+                await self._write_state(held)
 
-    async def _resume(self) -> Mapping[str, tuple[SlotState, SlotData]]:
-        """Slots whose recorded model the server still holds resume ``loaded``."""
+    async def _write_state(self, held: dict[str, str]) -> None:
+        assert self._state_path is not None
+        try:
+            await anyio.to_thread.run_sync(write_assignments, self._state_path, held)
+        except OSError as exc:
+            logger.warning("could not write state file %s: %s", self._state_path, exc)
+        else:
+            self._written = held
+
+    async def _resume(self) -> tuple[dict[str, tuple[SlotState, SlotData]], dict[str, str]]:
+        """Slots whose recorded model the server still holds resume ``loaded``.
+
+        Returns the resumed slots and what the file recorded.
+        """
         if self._state_path is None:
-            return {}
+            return {}, {}
         recorded = await anyio.to_thread.run_sync(read_assignments, self._state_path)
-        recorded = {slot: m for slot, m in recorded.items() if slot in self._configs}
-        if not recorded:
-            return {}
+        ours = {slot: m for slot, m in recorded.items() if slot in self._configs}
+        if not ours:
+            return {}, recorded
         seq = self._sequence()
         now = anyio.current_time()
         try:
-            on_server: frozenset[str] | None = (await self._client.health()).names
+            on_server: Health | None = await self._client.health()
         except SlotfsmError as exc:
             logger.warning("cannot check recorded models at start (%s); first poll will", exc)
             on_server, seq = None, 0
         resumed: dict[str, tuple[SlotState, SlotData]] = {}
-        for slot, model in recorded.items():
+        for slot, model in ours.items():
             if on_server is None or model in on_server:
                 data = SlotData(model=model, used_at=now, loaded_seq=seq)
                 resumed[slot] = (SlotState.LOADED, data)
                 logger.info("slot %s resumes with %s", slot, model)
             else:
                 logger.info("slot %s: recorded model %s is gone from the server", slot, model)
-        return resumed
+        return resumed, recorded

@@ -16,6 +16,7 @@ import attrs
 __all__ = [
     "ConfigError",
     "Failure",
+    "ModelInUseError",
     "PreloadError",
     "RegistryError",
     "SlotfsmError",
@@ -110,6 +111,14 @@ class UnknownSlotError(SlotfsmError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "unknown slot"
+
+
+class ModelInUseError(SlotfsmError):
+    """Another slot holds, is loading, or may still hold that model.
+
+    The server keeps one copy of a model, so two slots sharing it would unload
+    it under each other.
+    """
 
 
 class UnknownModelError(SlotfsmError, KeyError):

@@ -61,14 +61,15 @@ class IdleWatcher:
         self.failures = 0
         """How many of them gave nothing usable."""
 
-    async def observe(self, *, after: int | None = None) -> Health | None:
-        """Read ``/health`` once and tell every slot; ``None`` if the read failed.
+    async def observe(self, *, newer_than: int | None = None) -> Health | None:
+        """Read ``/health`` once and tell every slot; returns the reading.
 
-        With ``after``, a reading already sent after that sequence number and
-        handled by every slot is enough, and no new request is made.
+        Returns ``None`` when the read failed.  With ``newer_than``, a reading
+        already sent after that sequence number and handled by every slot is
+        enough: no new request is made, and ``None`` is returned.
         """
         async with self._lock:
-            if after is not None and self._delivered > after:
+            if newer_than is not None and self._delivered > newer_than:
                 return None
             seq = self._sequence()
             at = anyio.current_time()

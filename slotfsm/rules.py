@@ -40,6 +40,7 @@ from slotfsm.events import (
     Observed,
     StartValidation,
     Trigger,
+    Unloaded,
     UnloadFailed,
     UseChanged,
     Validated,
@@ -86,24 +87,32 @@ _SETTLED = frozenset({SlotState.IDLE, SlotState.LOADED, SlotState.ERROR})
 class SlotData:
     """Everything a slot knows besides its state; replaced whole on each change.
 
-    ``model`` is the model the slot holds on the server; ``target`` the one it
-    is validating or loading; ``error`` the latest failure; ``stray`` a model
-    the server may still bring up for a load this slot gave up on (a load
-    timeout).  ``last_use``/``seen`` remember the server's opaque ``last_use``
-    for ``model``, and ``used_at`` is when, on slotfsm's own clock, the model
-    last showed use (or was loaded), and ``loaded_seq`` the sequence number of
-    its load's answer.  ``in_use`` counts callers inside
-    ``Controller.in_use``.
+    * ``model``: the model the slot holds on the server; ``target``: the one it
+      is validating or loading; ``error``: the latest failure.
+    * ``stray``: a model the server may hold on the slot's behalf although the
+      slot does not manage it — a load that timed out (it may still arrive), an
+      unload that failed, an old model whose unload before a swap failed.  It
+      is unloaded when the server is seen holding it (once: ``stray_tried``),
+      by an explicit ``unload``, or before the slot's next load; ``reset``
+      forgets it.
+    * ``last_use``/``seen``: the server's opaque ``last_use`` for ``model`` as
+      last observed; ``used_at``: when, on slotfsm's own clock, the model last
+      showed use (or was loaded); ``loaded_seq``: the sequence number of its
+      load's answer; ``gone_seq``: the latest observation, while loading, that
+      did not list the target.
+    * ``in_use``: callers inside ``Controller.in_use``.
     """
 
     model: str | None = None
     target: ModelEntry | None = None
     error: Failure | None = None
     stray: str | None = None
+    stray_tried: bool = False
     last_use: int | None = None
     seen: bool = False
     used_at: float | None = None
     loaded_seq: int = 0
+    gone_seq: int = 0
     in_use: int = 0
 
 
@@ -130,8 +139,23 @@ def failed(data: SlotData, config: SlotConfig, event: Validated) -> bool:
 
 
 def holds_stray(data: SlotData, config: SlotConfig, event: object) -> bool:
-    """The server may hold a model for a load this slot gave up on."""
+    """The server may hold a model on this slot's behalf that the slot does not manage."""
     return data.stray is not None
+
+
+def is_stray(data: SlotData, config: SlotConfig, event: Unloaded) -> bool:
+    """The unload that answered was of the slot's stray."""
+    return data.stray == event.model
+
+
+def same_target(data: SlotData, config: SlotConfig, event: Load) -> bool:
+    """A load of the model the slot is already validating or loading: it joins that load."""
+    return data.target is not None and data.target.name == event.entry.name
+
+
+def evicted_on_arrival(data: SlotData, config: SlotConfig, event: LoadSucceeded) -> bool:
+    """An observation sent after the load answered did not list the model."""
+    return data.gone_seq > event.seq
 
 
 def model_gone(data: SlotData, config: SlotConfig, event: Observed) -> bool:
@@ -156,14 +180,10 @@ def idle_expired(data: SlotData, config: SlotConfig, event: Observed) -> bool:
     return event.at - data.used_at >= config.idle_timeout
 
 
-def late_arrival(data: SlotData, config: SlotConfig, event: Observed) -> bool:
-    """A load this slot timed out on has since finished on the server (ADR-0007 §3)."""
-    return (
-        data.error is not None
-        and data.error.kind is PreloadError.LOAD_TIMEOUT
-        and data.stray is not None
-        and data.stray in event.health
-    )
+def stray_seen(data: SlotData, config: SlotConfig, event: Observed) -> bool:
+    """The server holds the slot's stray model (e.g. a load that finished after its
+    timeout, ADR-0007 §3), and the slot has not tried to unload it yet."""
+    return data.stray is not None and not data.stray_tried and data.stray in event.health
 
 
 # -- updates (pure) ---------------------------------------------------------------
@@ -179,26 +199,49 @@ def keep(data: SlotData, config: SlotConfig, event: object) -> tuple[SlotData, t
 def clear_error(
     data: SlotData, config: SlotConfig, event: object
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Forget the last failure and any stray model: the slot starts afresh."""
-    return attrs.evolve(data, error=None, stray=None), _NONE
+    """Forget the last failure."""
+    return attrs.evolve(data, error=None), _NONE
+
+
+def forget(
+    data: SlotData, config: SlotConfig, event: object
+) -> tuple[SlotData, tuple[Effect, ...]]:
+    """Forget the last failure and any stray model, without touching the server.
+
+    A stray model the server brings up later is then left alone, like any
+    model this controller did not load.
+    """
+    return attrs.evolve(data, error=None, stray=None, stray_tried=False), _NONE
 
 
 def start_validation(
     data: SlotData, config: SlotConfig, event: Load
 ) -> tuple[SlotData, tuple[Effect, ...]]:
     """Validate the requested model before anything is sent to the server."""
-    stray = None if data.stray == event.entry.name else data.stray
-    new = attrs.evolve(data, target=event.entry, error=None, stray=stray)
+    new = attrs.evolve(data, target=event.entry, error=None)
     return new, (StartValidation(event.entry),)
 
 
 def call_load(
     data: SlotData, config: SlotConfig, event: Validated
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Validation passed: send ``/load`` (after unloading a different held model)."""
-    entry = event.entry
-    replaces = data.model if data.model not in (None, entry.name) else None
-    return data, (CallLoad(entry, replaces=replaces),)
+    """Validation passed: send ``/load``, after unloading what the slot holds or may hold.
+
+    A different model the slot holds (or else its stray) is unloaded first, so
+    the server never holds two models on one slot's behalf.  The load's result
+    says what, if anything, may be left behind.
+    """
+    name = event.entry.name
+    replaces = next((m for m in (data.model, data.stray) if m is not None and m != name), None)
+    new = attrs.evolve(
+        data,
+        model=None if replaces is not None and replaces == data.model else data.model,
+        stray=None if data.stray in (replaces, name) else data.stray,
+        stray_tried=False,
+        gone_seq=0,
+    )
+    is_stray = replaces is not None and replaces != data.model
+    return new, (CallLoad(event.entry, replaces=replaces, replaces_stray=is_stray),)
 
 
 def refuse_swap(
@@ -211,13 +254,13 @@ def refuse_swap(
 def loaded(
     data: SlotData, config: SlotConfig, event: LoadSucceeded
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The model is on the server; its idle clock starts now."""
+    """The model is on the server (anything it replaced is gone); its idle clock starts now."""
     new = attrs.evolve(
         data,
         model=event.model,
         target=None,
         error=None,
-        stray=None,
+        stray=event.stray or (None if data.stray == event.model else data.stray),
         last_use=None,
         seen=False,
         used_at=event.at,
@@ -227,42 +270,67 @@ def loaded(
 
 
 def load_failed(
-    data: SlotData, config: SlotConfig, event: LoadFailed
+    data: SlotData, config: SlotConfig, event: LoadFailed | LoadTimedOut
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The load failed; the slot holds nothing (a held model was replaced first)."""
-    return _emptied(data, error=event.failure), _NONE
-
-
-def load_timed_out(
-    data: SlotData, config: SlotConfig, event: LoadTimedOut
-) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Give up on the load, never retry it, and remember the model may still arrive."""
-    stray = data.target.name if data.target is not None else None
-    return _emptied(data, error=event.failure, stray=stray), _NONE
+    """The load failed or timed out; never retried.  What may remain is a stray."""
+    return _emptied(data, error=event.failure, stray=event.stray or data.stray), _NONE
 
 
 def call_unload(
     data: SlotData, config: SlotConfig, event: object
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Send ``/unload`` for the held model (or the stray one, from ``error``)."""
+    """Send ``/unload`` for the held model (or, holding none, for the stray one)."""
     model = data.model or data.stray
     assert model, "guarded: an unload always names a model"
     return attrs.evolve(data, error=None), (CallUnload(model),)
 
 
 def unloaded(
-    data: SlotData, config: SlotConfig, event: object
+    data: SlotData, config: SlotConfig, event: Unloaded
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The server no longer holds the slot's model."""
-    return _emptied(data), _NONE
+    """The server no longer holds the model the slot unloaded (its own, or its stray).
+
+    A stray the server did not hold yet is kept: a load that timed out may
+    still arrive, and is unloaded when it is seen.
+    """
+    stray = None if data.stray == event.model and event.was_loaded else data.stray
+    return _emptied(data, error=data.error, stray=stray), _NONE
+
+
+def stray_unloaded(
+    data: SlotData, config: SlotConfig, event: Unloaded
+) -> tuple[SlotData, tuple[Effect, ...]]:
+    """The stray the slot unloaded on sight is gone from the server."""
+    return attrs.evolve(data, stray=None, stray_tried=False), _NONE
 
 
 def unload_failed(
     data: SlotData, config: SlotConfig, event: UnloadFailed
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The unload failed: the model may still be there; an explicit unload may try again."""
+    """The unload failed: the model may still be there, a stray an explicit unload retries."""
     stray = data.model or data.stray
     return _emptied(data, error=event.failure, stray=stray), _NONE
+
+
+def note_target_missing(
+    data: SlotData, config: SlotConfig, event: Observed
+) -> tuple[SlotData, tuple[Effect, ...]]:
+    """Remember the latest observation that did not list the target being loaded."""
+    if data.target is None or data.target.name in event.health:
+        return data, _NONE
+    return attrs.evolve(data, gone_seq=max(data.gone_seq, event.seq)), _NONE
+
+
+def evicted_after_load(
+    data: SlotData, config: SlotConfig, event: LoadSucceeded
+) -> tuple[SlotData, tuple[Effect, ...]]:
+    """The load answered 200, but the server had already dropped the model again."""
+    failure = Failure(
+        PreloadError.EVICTED,
+        f"model {event.model!r} loaded, then was evicted by the server before the slot settled",
+        model=event.model,
+    )
+    return _emptied(data, error=failure, stray=data.stray), _NONE
 
 
 def evicted(
@@ -274,7 +342,7 @@ def evicted(
         f"model {data.model!r} was evicted by the server (no longer listed by /health)",
         model=data.model,
     )
-    return attrs.evolve(_emptied(data), target=data.target, error=failure), _NONE
+    return attrs.evolve(_emptied(data, error=failure, stray=data.stray), target=data.target), _NONE
 
 
 def idle_unload(
@@ -288,13 +356,13 @@ def idle_unload(
 def unload_stray(
     data: SlotData, config: SlotConfig, event: Observed
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Unload, once, a model that arrived after its load timed out (ADR-0007 §3).
+    """Unload, once, a stray model the server turned out to hold (ADR-0007 §3).
 
-    The slot stays in ``error``: it reported the timeout, and ``error`` is
-    left only by an explicit command, so the late model is not adopted.
+    A load that finished after its timeout is not adopted: the slot reported
+    the timeout, and its state changes only on an explicit command.
     """
     assert data.stray
-    return attrs.evolve(data, stray=None), (CallUnload(data.stray),)
+    return attrs.evolve(data, stray_tried=True), (CallUnload(data.stray),)
 
 
 def track_use(
@@ -307,7 +375,8 @@ def track_use(
     if not data.seen:
         return attrs.evolve(data, seen=True, last_use=seen.last_use), _NONE
     if seen.last_use != data.last_use or seen.busy:
-        return attrs.evolve(data, last_use=seen.last_use, used_at=event.at), _NONE
+        used_at = max(event.at, data.used_at or event.at)  # an old reading never turns it back
+        return attrs.evolve(data, last_use=seen.last_use, used_at=used_at), _NONE
     return data, _NONE
 
 
@@ -320,7 +389,8 @@ def count_use(
 
 
 def _emptied(data: SlotData, *, error: Failure | None = None, stray: str | None = None) -> SlotData:
-    return SlotData(error=error, stray=stray, in_use=data.in_use)
+    tried = data.stray_tried if stray is not None and stray == data.stray else False
+    return SlotData(error=error, stray=stray, stray_tried=tried, in_use=data.in_use)
 
 
 # -- the declaration ------------------------------------------------------------------
@@ -365,19 +435,24 @@ class Rule:
 
 S, T = SlotState, Trigger
 _EVERY_STATE = tuple(SlotState)
+_SETTLED_ORDER = (S.IDLE, S.LOADED, S.ERROR)
 
 RULES: tuple[Rule, ...] = (
     # commands
-    Rule(T.LOAD, S.IDLE, S.VALIDATING, start_validation, effects=(StartValidation,)),
-    Rule(T.LOAD, S.LOADED, S.VALIDATING, start_validation, effects=(StartValidation,)),
-    Rule(T.LOAD, S.ERROR, S.VALIDATING, start_validation, effects=(StartValidation,)),
+    *(
+        Rule(T.LOAD, s, S.VALIDATING, start_validation, effects=(StartValidation,))
+        for s in (S.IDLE, S.LOADED, S.ERROR)
+    ),
+    *(Rule(T.LOAD, s, None, keep, same_target, "same model") for s in (S.VALIDATING, S.LOADING)),
     Rule(T.UNLOAD, S.LOADED, S.UNLOADING, call_unload, effects=(CallUnload,)),
-    Rule(T.UNLOAD, S.ERROR, S.UNLOADING, call_unload, holds_stray, "stray model", (CallUnload,)),
+    *(
+        Rule(T.UNLOAD, s, S.UNLOADING, call_unload, holds_stray, "stray model", (CallUnload,))
+        for s in (S.IDLE, S.ERROR)
+    ),
     Rule(T.UNLOAD, S.ERROR, S.IDLE, clear_error),
     Rule(T.UNLOAD, S.IDLE, None, clear_error),
-    Rule(T.RESET, S.ERROR, S.IDLE, clear_error),
-    Rule(T.RESET, S.IDLE, None, clear_error),
-    Rule(T.RESET, S.LOADED, None, clear_error),
+    Rule(T.RESET, S.ERROR, S.IDLE, forget),
+    *(Rule(T.RESET, s, None, forget) for s in (S.IDLE, S.LOADED)),
     # validation: the only path to the load effect is a pass (ADR-0007 §1)
     Rule(T.VALIDATED, S.VALIDATING, S.LOADING, call_load, passed, "passed", (CallLoad,)),
     Rule(
@@ -385,14 +460,18 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(T.VALIDATED, S.VALIDATING, S.ERROR, refuse_swap, failed, "failed"),
     # loading, with its state timer (ADR-0007 §3)
+    Rule(
+        T.LOAD_SUCCEEDED, S.LOADING, S.IDLE, evicted_after_load, evicted_on_arrival, "evicted since"
+    ),
     Rule(T.LOAD_SUCCEEDED, S.LOADING, S.LOADED, loaded),
     Rule(T.LOAD_FAILED, S.LOADING, S.ERROR, load_failed),
-    Rule(T.LOAD_TIMEOUT, S.LOADING, S.ERROR, load_timed_out),
-    # unloading
+    Rule(T.LOAD_TIMEOUT, S.LOADING, S.ERROR, load_failed),
+    # unloading (and, in a settled state, the unload of a stray)
     Rule(T.UNLOADED, S.UNLOADING, S.IDLE, unloaded),
     Rule(T.UNLOAD_FAILED, S.UNLOADING, S.ERROR, unload_failed),
-    Rule(T.UNLOADED, S.ERROR, None, keep),
-    Rule(T.UNLOAD_FAILED, S.ERROR, None, keep),
+    *(Rule(T.UNLOADED, s, None, stray_unloaded, is_stray, "stray gone") for s in _SETTLED_ORDER),
+    *(Rule(T.UNLOADED, s, None, keep) for s in _SETTLED_ORDER),
+    *(Rule(T.UNLOAD_FAILED, s, None, keep) for s in _SETTLED_ORDER),
     # observations of the server (ADR-0007 §2)
     Rule(T.OBSERVED, S.LOADED, S.IDLE, evicted, model_gone, "model gone"),
     Rule(
@@ -404,11 +483,15 @@ RULES: tuple[Rule, ...] = (
         "idle expired, not in use",
         (CallUnload,),
     ),
+    *(
+        Rule(T.OBSERVED, s, None, unload_stray, stray_seen, "stray seen", (CallUnload,))
+        for s in _SETTLED_ORDER
+    ),
     Rule(T.OBSERVED, S.LOADED, None, track_use),
     Rule(T.OBSERVED, S.VALIDATING, None, evicted, model_gone, "model gone"),
     Rule(T.OBSERVED, S.VALIDATING, None, track_use),
-    Rule(T.OBSERVED, S.ERROR, None, unload_stray, late_arrival, "late arrival", (CallUnload,)),
-    *(Rule(T.OBSERVED, s, None, keep) for s in (S.IDLE, S.LOADING, S.UNLOADING, S.ERROR)),
+    Rule(T.OBSERVED, S.LOADING, None, note_target_missing),
+    *(Rule(T.OBSERVED, s, None, keep) for s in (S.IDLE, S.UNLOADING, S.ERROR)),
     *(Rule(T.USE, s, None, count_use) for s in _EVERY_STATE),
 )
 """Every transition of a slot, in the order their guards are tried."""
@@ -464,15 +547,17 @@ class SlotMachine:
     def __init__(self, config: SlotConfig, data: SlotData | None = None) -> None:
         self.config = config
         self.data = data if data is not None else SlotData()
-        self.fired: tuple[Rule, tuple[Effect, ...]] | None = None
+        self.fired: tuple[Rule, SlotData, tuple[Effect, ...]] | None = None
 
 
 class Rulebook:
     """Runs :data:`RULES` for any number of slots through one ``transitions.Machine``.
 
-    One shared machine keeps each slot small (the machine's per-model cost is
-    a few bound triggers); slots join with :meth:`attach`.  The machine is
-    synchronous: the actor owns all concurrency.
+    The machine checks that every state change follows a declared transition
+    and picks the first rule whose guard holds; each rule's update is computed
+    before the state changes (a raising update leaves the slot as it was) and
+    applied after.  One shared machine keeps each slot small; slots join with
+    :meth:`attach`.  It is synchronous: the actor owns all concurrency.
     """
 
     def __init__(
@@ -486,11 +571,11 @@ class Rulebook:
         for rule in self.rules:
             key = (rule.source, rule.trigger)
             self._by_key[key] = (*self._by_key.get(key, ()), rule)
-        # Pairs whose only rule changes nothing: taken without running the machine.
+        # Pairs whose only rule is an unguarded no-op: taken without running the machine.
         self._inert = {
             key: rules[0]
             for key, rules in self._by_key.items()
-            if len(rules) == 1 and rules[0].update is keep and rules[0].dest is None
+            if len(rules) == 1 and rules[0] == Rule(key[1], key[0], None, keep)
         }
         self._machine = _SharedMachine(
             model=None,
@@ -505,7 +590,8 @@ class Rulebook:
                 rule.source,
                 rule.dest,
                 conditions=[_guard_callback(rule)] if rule.guard else [],
-                after=[_after_callback(rule)],
+                before=[_prepare_callback(rule)],
+                after=[_apply],
             )
 
     def attach(self, slot: SlotMachine, state: SlotState = SlotState.IDLE) -> None:
@@ -517,7 +603,11 @@ class Rulebook:
         self._machine.remove_model(slot)
 
     def outcome(self, state: SlotState, trigger: Trigger) -> Outcome:
-        """The outcome class of ``trigger`` in ``state`` (guards decide among rules)."""
+        """What ``trigger`` meets in ``state`` before guards are asked.
+
+        ``TAKEN`` means rules exist; if none of their guards holds, the event
+        is postponed when the pair is in :data:`POSTPONED`, else refused.
+        """
         if (state, trigger) in self._by_key:
             return Outcome.TAKEN
         if (state, trigger) in self.postponed:
@@ -542,11 +632,13 @@ class Rulebook:
             return Step(Outcome.TAKEN, source, source, inert)
         slot.fired = None
         if not self._machine.events[trigger.value].trigger(slot, event=event):
+            if (source, trigger) in self.postponed:
+                return Step(Outcome.POSTPONED, source, source, reason=f"{trigger} waits")
             return Step(
                 Outcome.REFUSED, source, source, reason=f"no guard holds for {trigger} in {source}"
             )
         assert slot.fired is not None
-        rule, effects = slot.fired
+        rule, _, effects = slot.fired
         return Step(Outcome.TAKEN, source, slot.state, rule, effects)
 
 
@@ -574,10 +666,16 @@ def _guard_callback(rule: Rule) -> Callable[[Any], bool]:
     return condition
 
 
-def _after_callback(rule: Rule) -> Callable[[Any], None]:
-    def apply(event_data: Any) -> None:
+def _prepare_callback(rule: Rule) -> Callable[[Any], None]:
+    def prepare(event_data: Any) -> None:
         slot: SlotMachine = event_data.model
-        slot.data, effects = rule.update(slot.data, slot.config, event_data.kwargs["event"])
-        slot.fired = (rule, effects)
+        data, effects = rule.update(slot.data, slot.config, event_data.kwargs["event"])
+        slot.fired = (rule, data, effects)
 
-    return apply
+    return prepare
+
+
+def _apply(event_data: Any) -> None:
+    slot: SlotMachine = event_data.model
+    assert slot.fired is not None
+    slot.data = slot.fired[1]

@@ -39,8 +39,11 @@ class SlotSnapshot:
     After a load, check ``model`` and ``error`` as well as ``state``: a swap
     refused by validation leaves the slot ``LOADED`` with its old ``model`` and
     the validation failure in ``error``.  ``target`` is the model being
-    validated or loaded; ``in_use`` counts callers inside ``Controller.in_use``;
-    ``history`` holds the slot's most recent transitions, oldest first.
+    validated or loaded; ``stray`` a model the server may hold on the slot's
+    behalf that it does not manage (a load that timed out, an unload that
+    failed: it is unloaded when seen, by ``unload``, or forgotten by ``reset``);
+    ``in_use`` counts callers inside ``Controller.in_use``; ``history`` holds the
+    slot's most recent transitions, oldest first.
     """
 
     slot: str
@@ -48,6 +51,7 @@ class SlotSnapshot:
     model: str | None = None
     error: Failure | None = None
     target: str | None = None
+    stray: str | None = None
     since: float = 0.0
     in_use: int = 0
     history: tuple[SlotTransition, ...] = ()

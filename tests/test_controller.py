@@ -318,19 +318,21 @@ async def test_callers_still_waiting_are_answered_when_the_controller_closes(
     fake.hang("alpha")
     answers: list[BaseException] = []
 
-    async def caller(ctl: Controller, slot: str) -> None:
+    async def caller(ctl: Controller, slot: str, model: str) -> None:
         try:
-            await ctl.load(slot, "alpha")
+            await ctl.load(slot, model)
         except ControllerClosedError as exc:
             answers.append(exc)
 
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as callers:
-            async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
-                callers.start_soon(caller, ctl, "a")  # will hang in loading
-                await fake.wait_hanging("alpha")
-                callers.start_soon(caller, ctl, "a")  # postponed behind the first
-                callers.start_soon(caller, ctl, "b")  # queued behind a's load on the server
-                await anyio.wait_all_tasks_blocked()
+        async with (
+            anyio.create_task_group() as callers,
+            make_controller(SlotConfig("a"), SlotConfig("b")) as ctl,
+        ):
+            callers.start_soon(caller, ctl, "a", "alpha")  # will hang in loading
+            await fake.wait_hanging("alpha")
+            callers.start_soon(caller, ctl, "a", "gamma")  # postponed behind the first
+            callers.start_soon(caller, ctl, "b", "beta")  # queued behind alpha on the server
+            await anyio.wait_all_tasks_blocked()
     assert len(answers) == 3
     assert all("closed" in str(exc) for exc in answers)

@@ -230,3 +230,22 @@ async def test_pipelined_requests_and_http10_close() -> None:
     assert b"connection: close" in rest
     assert fake.loaded_models() == ["qwen"]
     assert [r.route for r in fake.requests] == ["load", "live"]
+
+
+async def test_a_dropped_reply_closes_the_connection_without_an_answer() -> None:
+    fake = make_fake()
+    fake.drop_reply("qwen")
+    body = b'{"model_name": "qwen"}'
+    request = (
+        b"POST /api/v1/load HTTP/1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    ) + body
+    async with fake.serve() as url:
+        answer = await exchange(url, request)
+        async with httpx.AsyncClient(base_url=url) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post("/api/v1/load", json={"model_name": "qwen"})
+            live = await client.get("/live")  # the server itself carries on
+    assert answer == b""
+    assert live.status_code == 200
+    assert fake.loaded_models() == ["qwen"]
+    assert [(r.status, r.dropped) for r in fake.loads()] == [(None, True), (None, True)]

@@ -672,3 +672,97 @@ async def test_lifespan_startup_and_shutdown_complete() -> None:
         assert await from_app.receive() == {"type": "lifespan.startup.complete"}
         await to_app_send.send({"type": "lifespan.shutdown"})
         assert await from_app.receive() == {"type": "lifespan.shutdown.complete"}
+
+
+# ---------------------------------------------------------------- fault switches
+
+
+async def test_more_health_faults_huge_and_a_non_string_name_and_duplicate_rows() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        await load(client, "qwen")
+        fake.set_health_fault(HealthFault.HUGE)
+        response = await client.get("/api/v1/health")
+        assert response.status_code == 200
+        assert int(response.headers["content-length"]) > 2 * 1024 * 1024
+        assert response.json()["all_models_loaded"] == []
+
+        fake.set_health_fault(HealthFault.NAME_NOT_STRING)
+        rows = (await health(client))["all_models_loaded"]
+        assert [r["model_name"] for r in rows] == ["qwen", 42]
+        fake.set_health_fault(None)
+
+        fake.set_duplicate_rows(True)
+        rows = (await health(client))["all_models_loaded"]
+        assert [r["model_name"] for r in rows] == ["qwen", "qwen"]
+        assert rows[0] == rows[1]
+        fake.set_duplicate_rows(False)
+        assert [r["model_name"] for r in (await health(client))["all_models_loaded"]] == ["qwen"]
+
+
+async def test_fail_unload_answers_500_with_a_plain_string_and_keeps_the_model() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        await load(client, "qwen")
+        fake.fail_unload("qwen", "backend would not stop")
+        response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
+        assert (response.status_code, response.json()) == (
+            500,
+            {"error": "backend would not stop"},
+        )
+        assert fake.loaded_models() == ["qwen"]
+        missing = await client.post("/api/v1/unload", json={"model_name": "phi"})
+        assert missing.status_code == 404  # not loaded: the switch does not apply
+        fake.clear_fail_unload("qwen")
+        response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
+        assert response.status_code == 200
+    assert fake.loaded_models() == []
+
+
+async def test_hang_unload_blocks_before_acting_until_released() -> None:
+    fake = make_fake()
+    statuses: list[int] = []
+    async with connect(fake) as client:
+        await load(client, "qwen")
+
+        async def unload_qwen() -> None:
+            response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
+            statuses.append(response.status_code)
+
+        fake.hang_unload("qwen")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(unload_qwen)
+            await fake.wait_hanging_unload("qwen")
+            assert fake.loaded_models() == ["qwen"]  # not unloaded yet
+            assert (await load(client, "nomic")).status_code == 200  # loads are not held
+            assert statuses == []
+            fake.release_unload("qwen")
+    assert statuses == [200]
+    assert fake.loaded_models() == ["nomic"]
+
+
+async def test_drop_reply_acts_then_the_client_sees_a_dropped_connection() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        fake.drop_reply("qwen")
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await load(client, "qwen")
+        assert fake.loaded_models() == ["qwen"]  # the load happened
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post("/api/v1/unload", json={"model": "qwen"})
+        assert fake.loaded_models() == []  # so did the unload
+        assert (await load(client, "nomic")).status_code == 200  # other names are answered
+        fake.set_health_fault(HealthFault.DROP)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/api/v1/health")
+        fake.set_health_fault(None)
+        fake.clear_drop_reply("qwen")
+        assert (await load(client, "qwen")).status_code == 200
+    dropped = [(r.route, r.status, r.dropped) for r in fake.requests]
+    assert dropped == [
+        ("load", None, True),
+        ("unload", None, True),
+        ("load", 200, False),
+        ("health", None, True),
+        ("load", 200, False),
+    ]

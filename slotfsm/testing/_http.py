@@ -10,6 +10,8 @@ request bodies are refused with 501.
 Each connection is served by its own task, so a slow handler on one
 connection never holds up another.  A handler keeps running when its client
 goes away (like a threaded server), until it finishes or the server closes.
+An app that raises :class:`ConnectionDropped` gets its connection closed
+without an answer, as a server or a network dying at that moment would.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
+import httpx
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 __all__ = [
     "ASGIApp",
     "MAX_BODY_BYTES",
+    "ConnectionDropped",
     "MAX_HEAD_BYTES",
     "Message",
     "Receive",
@@ -49,6 +53,19 @@ MAX_BODY_BYTES = 1024 * 1024
 """Request body; more gets 413."""
 
 _Headers = list[tuple[bytes, bytes]]
+
+
+class ConnectionDropped(httpx.RemoteProtocolError):
+    """Raised by an app to have its connection closed without any answer.
+
+    On the loopback server the client then sees the connection close before
+    a response.  It is an ``httpx.RemoteProtocolError`` so that, in process
+    (``httpx.ASGITransport`` hands app exceptions to the client), the client
+    sees the same error httpx raises for a real dropped connection.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Server disconnected without sending a response.")
 
 
 class _BadRequest(Exception):
@@ -116,6 +133,8 @@ async def _serve_connection(
                 return
             try:
                 status, headers, body = await _call_app(app, request, (host, port), peer)
+            except ConnectionDropped:
+                return  # leaving closes the connection: no answer at all
             except Exception:
                 # Like httpx's ASGI transport: answer 500, then let the bug surface.
                 await _send_error(stream, 500, "Internal Server Error")

@@ -62,7 +62,10 @@ class RecordedRequest:
     answered, or ``None`` while it is in flight or when the client gave up
     (cancelled) before an answer.  ``authorized`` says whether the request
     carried the configured API key (always true when none is configured);
-    the ``Authorization`` header itself is never stored.
+    the ``Authorization`` header itself is never stored.  ``dropped`` says
+    the fake handled the request but closed the connection instead of
+    answering (``drop_reply``, ``HealthFault.DROP``); ``status`` is then
+    ``None``.
     """
 
     method: str
@@ -75,6 +78,7 @@ class RecordedRequest:
     query: str = ""
     status: int | None = None
     done_at: float | None = None
+    dropped: bool = False
 
 
 class HealthFault(enum.Enum):
@@ -88,3 +92,10 @@ class HealthFault(enum.Enum):
     """500 ``{"error": "..."}``."""
     HANG = "hang"
     """No answer until the fault is cleared (or the request is cancelled)."""
+    DROP = "drop"
+    """The connection is closed without an answer (in process, the client gets
+    ``httpx.RemoteProtocolError``)."""
+    HUGE = "huge"
+    """200 with well-formed JSON over 2 MiB (its ``Content-Length`` says so)."""
+    NAME_NOT_STRING = "name_not_string"
+    """The true answer plus one more model whose ``model_name`` is the number 42."""

@@ -9,9 +9,10 @@ that unloads everything when it gets no model name; ``/health`` with
 ``anyio.current_time()``, so under trio's ``MockClock`` it is virtual time.
 
 Tests steer it with plain methods (``hang``, ``fail``, ``set_load_delay``,
-``mark_used``, ``restart``, ``evict_all``, ``set_health_fault``, ...), read
+``mark_used``, ``restart``, ``evict_all``, ``set_health_fault``,
+``hang_unload``, ``fail_unload``, ``drop_reply``, ``set_duplicate_rows``, ...), read
 back every request it received (``requests``, ``loads()``, ...), and wait on
-it without sleeping (``wait_hanging``, ``wait_changed``).
+it without sleeping (``wait_hanging``, ``wait_hanging_unload``, ``wait_changed``).
 
 ``/health``'s ``model_loaded`` names the most recently *used* loaded model,
 as the server's code does (which is the most recently loaded one unless
@@ -44,7 +45,7 @@ import anyio
 import attrs
 import httpx
 
-from slotfsm.testing._http import Receive, Scope, Send, serve_asgi
+from slotfsm.testing._http import ConnectionDropped, Receive, Scope, Send, serve_asgi
 from slotfsm.testing._residency import Loaded, Residency
 from slotfsm.testing._values import (
     DEFAULT_MAX_TYPES,
@@ -206,8 +207,13 @@ class FakeLemonade:
         self._hung: set[str] = set()
         self._hanging: Counter[str] = Counter()
         self._failures: dict[str, _LoadFailure] = {}
+        self._hung_unloads: set[str] = set()
+        self._hanging_unloads: Counter[str] = Counter()
+        self._unload_failures: dict[str, str] = {}
+        self._drops: set[str] = set()
         self._delays: dict[str, float] = {}
         self._health_fault: HealthFault | None = None
+        self._duplicate_rows = False
         self._evict_all_count = 0
         self._loads_in_flight = 0
         self._max_loads_in_flight = 0
@@ -290,15 +296,29 @@ class FakeLemonade:
             self._loads_in_flight += 1
             self._max_loads_in_flight = max(self._max_loads_in_flight, self._loads_in_flight)
         reply: _Reply | None = None
+        dropped = False
         try:
             reply = await self._dispatch(method, route, path, query, body, prefixed, authorized)
-            return reply
+            dropped = self._drops_reply(route, record.body)
         finally:
             if counts_as_load:
                 self._loads_in_flight -= 1
-            status = reply.status if reply is not None else None
-            self._log[index] = attrs.evolve(record, status=status, done_at=anyio.current_time())
+            status = reply.status if reply is not None and not dropped else None
+            self._log[index] = attrs.evolve(
+                record, status=status, done_at=anyio.current_time(), dropped=dropped
+            )
             self._notify()
+        if dropped:
+            raise ConnectionDropped
+        return reply
+
+    def _drops_reply(self, route: str, body: object) -> bool:
+        """Whether the answer to this (handled) request is dropped instead of sent."""
+        if route == "health":
+            return self._health_fault is HealthFault.DROP
+        if route in _POST_ROUTES and isinstance(body, dict):
+            return any(body.get(key) in self._drops for key in ("model_name", "model"))
+        return False
 
     async def _dispatch(
         self,
@@ -319,7 +339,7 @@ class FakeLemonade:
         if route == "load" and method == "POST":
             return await self._load(body)
         if route == "unload" and method == "POST":
-            return self._unload(body)
+            return await self._unload(body)
         if route == "health" and method == "GET":
             return await self._health()
         if route == "models" and method == "GET":
@@ -435,7 +455,7 @@ class FakeLemonade:
 
     # --------------------------------------------------------------- /unload
 
-    def _unload(self, body: bytes) -> _Reply:
+    async def _unload(self, body: bytes) -> _Reply:
         name = ""
         request = _parse_json(body) if body else None
         if isinstance(request, dict):
@@ -448,8 +468,19 @@ class FakeLemonade:
             self._residency.clear()
             self._notify()
             return _json(200, {"status": "success", "message": "All models unloaded successfully"})
+        if name in self._hung_unloads:
+            self._hanging_unloads[name] += 1
+            self._notify()
+            try:
+                while name in self._hung_unloads:
+                    await self.wait_changed()
+            finally:
+                self._hanging_unloads[name] -= 1
         if self._residency.get(name) is None:
             return _json(404, {"error": f"Model not loaded: {name}"})
+        failure = self._unload_failures.get(name)
+        if failure is not None:
+            return _json(500, {"error": failure})
         self._residency.remove(name)
         self._notify()
         return _json(
@@ -469,14 +500,21 @@ class FakeLemonade:
             return _json(200, {"status": "ok", "all_models_loaded": "not-a-list"})
         if fault is HealthFault.SERVER_ERROR:
             return _json(500, {"error": "Internal server error"})
+        if fault is HealthFault.HUGE:
+            return _json(200, {"status": "ok", "all_models_loaded": [], "pad": " " * (2 << 20)})
         recent = self._residency.most_recent()
+        rows = [self._health_row(e) for e in self._residency.entries()]
+        if self._duplicate_rows:
+            rows = [row for row in rows for _ in range(2)]
+        if fault is HealthFault.NAME_NOT_STRING:
+            rows.append({"model_name": 42, "type": "llm", "last_use": self._to_ms(self._now())})
         return _json(
             200,
             {
                 "status": "ok",
                 "version": self.version,
                 "model_loaded": recent.model.name if recent is not None else None,
-                "all_models_loaded": [self._health_row(e) for e in self._residency.entries()],
+                "all_models_loaded": rows,
                 "max_models": dict(self._max_models),
             },
         )
@@ -555,6 +593,46 @@ class FakeLemonade:
         self._failures.pop(name, None)
         self._notify()
 
+    def hang_unload(self, name: str) -> None:
+        """Make every ``/unload`` of ``name`` block, before acting, until ``release_unload``."""
+        self._hung_unloads.add(name)
+        self._notify()
+
+    def release_unload(self, name: str) -> None:
+        """Let the hung unloads of ``name`` go on, and stop hanging new ones."""
+        self._hung_unloads.discard(name)
+        self._notify()
+
+    def fail_unload(self, name: str, message: str = "Failed to stop the backend") -> None:
+        """Make ``/unload`` of loaded ``name`` answer ``500 {"error": message}`` and keep it.
+
+        Until ``clear_fail_unload``.  An unload of ``name`` when it is not
+        loaded still answers 404 "Model not loaded".
+        """
+        self._unload_failures[name] = message
+        self._notify()
+
+    def clear_fail_unload(self, name: str) -> None:
+        """Let unloads of ``name`` succeed again."""
+        self._unload_failures.pop(name, None)
+        self._notify()
+
+    def drop_reply(self, name: str) -> None:
+        """Handle every ``/load`` and ``/unload`` naming ``name``, then drop the connection.
+
+        The request takes effect (a load loads, an unload unloads) but the
+        client gets no answer: the connection closes, as it would if the
+        server or the network died at that instant.  In process the client
+        sees ``httpx.RemoteProtocolError``.  Until ``clear_drop_reply``.
+        """
+        self._drops.add(name)
+        self._notify()
+
+    def clear_drop_reply(self, name: str) -> None:
+        """Answer requests naming ``name`` again."""
+        self._drops.discard(name)
+        self._notify()
+
     def set_load_delay(self, name: str, seconds: float) -> None:
         """Make every backend start of ``name`` take ``seconds`` (0 for instant)."""
         if seconds < 0:
@@ -600,6 +678,14 @@ class FakeLemonade:
     def set_health_fault(self, fault: HealthFault | None) -> None:
         """Make ``GET /health`` misbehave as ``fault`` says; ``None`` restores it."""
         self._health_fault = fault
+        self._notify()
+
+    def set_duplicate_rows(self, on: bool) -> None:
+        """List every loaded model twice in ``/health`` (identical rows) while ``on``.
+
+        Not a :class:`HealthFault`: the answer stays well-formed and true.
+        """
+        self._duplicate_rows = on
         self._notify()
 
     def add_model(self, model: FakeModel | str) -> None:
@@ -658,6 +744,11 @@ class FakeLemonade:
     async def wait_hanging(self, name: str, count: int = 1) -> None:
         """Wait until ``count`` loads of ``name`` are blocked on its ``hang`` switch."""
         while self._hanging[name] < count:
+            await self.wait_changed()
+
+    async def wait_hanging_unload(self, name: str, count: int = 1) -> None:
+        """Wait until ``count`` unloads of ``name`` are blocked on its ``hang_unload`` switch."""
+        while self._hanging_unloads[name] < count:
             await self.wait_changed()
 
     async def wait_changed(self) -> None:
