@@ -17,6 +17,7 @@ LoadOption: TypeAlias = str | int | float | bool
 """A value sent with ``/load``: Lemonade's options are strings, numbers or flags."""
 
 _RESERVED_OPTIONS = frozenset({"model_name", "model", "recipe", "checkpoint"})
+_NAMED_OPTIONS = frozenset({"ctx_size", "llamacpp_backend", "llamacpp_args"})
 
 
 def _check_name(_: object, __: attrs.Attribute[Any], value: object) -> None:
@@ -49,11 +50,15 @@ def _check_options(inst: SlotConfig, _: attrs.Attribute[Any], value: object) -> 
             raise ConfigError(f"slot {inst.name!r}: option names must be non-empty strings")
         if key in _RESERVED_OPTIONS:
             raise ConfigError(f"slot {inst.name!r}: option {key!r} is set by slotfsm, not config")
+        if key in _NAMED_OPTIONS:
+            raise ConfigError(f"slot {inst.name!r}: set {key!r} as SlotConfig({key}=...)")
         if not isinstance(option, str | int | float | bool):
             raise ConfigError(
                 f"slot {inst.name!r}: option {key!r} must be a string, number or bool,"
                 f" got {type(option).__name__}"
             )
+        if isinstance(option, float) and not math.isfinite(option):
+            raise ConfigError(f"slot {inst.name!r}: option {key!r} must be finite, got {option}")
 
 
 def _freeze(options: Mapping[str, LoadOption] | None) -> Mapping[str, LoadOption]:
@@ -97,11 +102,6 @@ class SlotConfig:
                 raise ConfigError(
                     f"slot {self.name!r}: {field} must be one string, got {type(value).__name__}"
                 )
-
-    @property
-    def idle_unload(self) -> bool:
-        """Whether this slot's model is ever unloaded for being idle."""
-        return bool(self.idle_timeout)
 
     @property
     def load_options(self) -> dict[str, LoadOption]:

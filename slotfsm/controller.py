@@ -263,8 +263,13 @@ class Controller:
             await marked.wait()
             yield actor.snapshot
         finally:
-            with contextlib.suppress(SlotfsmError):
-                actor.tell(UseChanged(-1, anyio.current_time()))
+            released = anyio.Event()
+            try:
+                actor.tell(UseChanged(-1, anyio.current_time()), released.set)
+            except SlotfsmError:  # the controller closed meanwhile: nothing to release
+                released.set()
+            with anyio.CancelScope(shield=True):
+                await released.wait()
 
     async def refresh(self) -> Health | None:
         """Read ``/health`` now and reconcile every slot with it (as a poll does)."""

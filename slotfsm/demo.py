@@ -30,7 +30,16 @@ from typing import TextIO
 
 import anyio
 
-from slotfsm import Controller, PreloadError, Registry, SlotConfig, SlotSnapshot, SlotState
+from slotfsm import (
+    Controller,
+    PreloadError,
+    Registry,
+    SlotConfig,
+    SlotSnapshot,
+    SlotState,
+    SlotTransition,
+    TransitionStream,
+)
 from slotfsm.testing import FakeLemonade, FakeModel
 from slotfsm.testing.files import Flaw, write_model
 
@@ -118,13 +127,12 @@ async def _print_transitions(ctl: Controller, story: _Story) -> None:
             story.say(f"   {story.paint(when, '2')}  {t.slot:<6} {arrow:<24} {why}")
 
 
-async def _wait_for(condition: Callable[[], bool], ctl: Controller) -> bool:
-    """Poll the server until ``condition`` holds (at most STEP_TIMEOUT)."""
+async def _wait_for(stream: TransitionStream, wanted: Callable[[SlotTransition], bool]) -> bool:
+    """Wait (at most STEP_TIMEOUT) for a transition; the watcher's own polls bring it."""
     with anyio.move_on_after(STEP_TIMEOUT):
-        while not condition():
-            await ctl.refresh()
-            await anyio.sleep(0.05)
-        return True
+        async for record in stream:
+            if wanted(record):
+                return True
     return False
 
 
@@ -162,19 +170,21 @@ async def _tell(ctl: Controller, fake: FakeLemonade, story: _Story) -> None:
         snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT,
         f"spare: {_describe(snap)}",
     )
-    fake.release("slow-model")  # the server finishes the load after we gave up on it
-    late = await _wait_for(
-        lambda: any(r.body == {"model_name": "slow-model"} for r in fake.unloads()), ctl
-    )
+    async with ctl.transitions() as stream:
+        fake.release("slow-model")  # the server finishes the load after we gave up on it
+        late = await _wait_for(stream, lambda t: t.slot == "spare" and t.reason == "stray gone")
     slow_loads = [r for r in fake.loads() if r.body == {"model_name": "slow-model"}]
     check(len(slow_loads) == 1, f"exactly one /load was sent for slow-model ({len(slow_loads)})")
     check(late, "the model that arrived late was unloaded; the slot still reports its timeout")
     check(ctl.snapshot("spare").state is SlotState.ERROR, "spare stays in error until told")
 
     story.chapter("4. idle models go away; a model in use stays")
-    async with ctl.in_use("chat"):
-        gone = await _wait_for(lambda: "code-model" not in fake.loaded_models(), ctl)
-        check(gone, "code-model was unused for 1.5 s and was unloaded via /unload")
+    async with ctl.transitions() as stream, ctl.in_use("chat"):
+        gone = await _wait_for(stream, lambda t: t.slot == "code" and t.dest is SlotState.IDLE)
+        check(
+            gone and "code-model" not in fake.loaded_models(),
+            "code-model was unused for 1.5 s and was unloaded via /unload",
+        )
         check(
             ctl.snapshot("code").state is SlotState.IDLE, f"code: {_describe(ctl.snapshot('code'))}"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,6 +15,7 @@ from slotfsm import (
     Controller,
     ControllerClosedError,
     ModelEntry,
+    ModelInUseError,
     PreloadError,
     SlotConfig,
     SlotfsmError,
@@ -336,3 +339,59 @@ async def test_callers_still_waiting_are_answered_when_the_controller_closes(
             await anyio.wait_all_tasks_blocked()
     assert len(answers) == 3
     assert all("closed" in str(exc) for exc in answers)
+
+
+async def test_a_model_belongs_to_one_slot_at_a_time(
+    fake: FakeLemonade, make_controller: ControllerFactory
+) -> None:
+    async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
+        await ctl.load("a", "alpha")
+        sent = len(fake.requests)
+        with pytest.raises(ModelInUseError, match="in use by slot 'a'"):
+            await ctl.load("b", "alpha")
+        assert len(fake.requests) == sent
+
+        outcomes: list[str] = []
+
+        async def load(slot: str) -> None:
+            try:
+                outcomes.append((await ctl.load(slot, "gamma")).state.value)
+            except ModelInUseError:
+                outcomes.append("refused")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(load, "a")
+            tg.start_soon(load, "b")
+        assert sorted(outcomes) == ["loaded", "refused"]
+        assert len(loads_of(fake, "gamma")) == 1
+
+
+async def test_a_controller_runs_once(make_controller: ControllerFactory) -> None:
+    ctl = make_controller(SlotConfig("a"))
+    async with ctl:
+        pass
+    with pytest.raises(SlotfsmError, match="runs once"):
+        async with ctl:
+            pass
+
+
+async def test_in_use_yields_once_the_mark_is_in_place(make_controller: ControllerFactory) -> None:
+    async with make_controller(SlotConfig("a")) as ctl:
+        await ctl.load("a", "alpha")
+        async with ctl.in_use("a") as snap:
+            assert snap.in_use == 1 and snap.model == "alpha"
+        assert ctl.snapshot("a").in_use == 0
+
+
+async def test_a_state_file_that_cannot_be_written_only_warns(
+    make_controller: ControllerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    ctl = make_controller(SlotConfig("a"), state_path=blocker / "slots.json")
+    with caplog.at_level(logging.WARNING, logger="slotfsm"), anyio.fail_after(5):
+        async with ctl:
+            stream = ctl.transitions()
+            await ctl.load("a", "alpha")
+        assert [t.dest async for t in stream][-1] is SlotState.LOADED  # the stream ended
+    assert "could not write state file" in caplog.text

@@ -232,3 +232,18 @@ def test_postponed_commands_are_exactly_the_busy_states(state: SlotState) -> Non
 def test_strategies_build_valid_values(config: SlotConfig, h: Health) -> None:
     assert config.load_timeout > 0
     assert len(h.names) == len(h.models)
+
+
+def test_a_load_evicted_before_the_slot_settled_is_reported() -> None:
+    book = Rulebook()
+    entry = ENTRIES["alpha"]
+    for seen_missing_at, expected in [(5, SlotState.IDLE), (2, SlotState.LOADED)]:
+        slot = SlotMachine(SlotConfig("s"))
+        book.attach(slot)
+        book.step(slot, Load(entry))
+        book.step(slot, Validated(entry, None))
+        book.step(slot, Observed(health(), at=0.0, seq=seen_missing_at))
+        book.step(slot, LoadSucceeded("alpha", at=0.0, seq=3))  # answered before reading 5
+        assert slot.state is expected
+        if expected is SlotState.IDLE:
+            assert slot.data.error is not None and slot.data.error.kind is PreloadError.EVICTED
