@@ -59,20 +59,30 @@ class ControllerClosedError(SlotfsmError):
 
 
 class _Reply:
-    """Where a caller waits for the slot to settle after its command."""
+    """Where a caller waits for the slot to settle after its command.
 
-    def __init__(self) -> None:
+    ``answered`` runs when the actor answers, whether or not the caller is
+    still waiting (a cancelled caller does not withdraw its command).
+    """
+
+    def __init__(self, answered: Callable[[], None] | None = None) -> None:
         self._done = anyio.Event()
         self._snapshot: SlotSnapshot | None = None
         self._error: BaseException | None = None
+        self._answered = answered
 
     def resolve(self, snapshot: SlotSnapshot) -> None:
         self._snapshot = snapshot
-        self._done.set()
+        self._finish()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
+        self._finish()
+
+    def _finish(self) -> None:
         self._done.set()
+        if self._answered is not None:
+            self._answered()
 
     async def wait(self) -> SlotSnapshot:
         await self._done.wait()
@@ -134,10 +144,19 @@ class SlotActor:
         """The slot as of its latest handled event."""
         return self._snapshot
 
-    async def command(self, event: Event) -> SlotSnapshot:
-        """Send a command and wait until the slot settles after taking it."""
-        reply = _Reply()
-        self._deliver(_Envelope(event, reply=reply))
+    async def command(
+        self, event: Event, answered: Callable[[], None] | None = None
+    ) -> SlotSnapshot:
+        """Send a command and wait until the slot settles after taking it.
+
+        Cancelling the wait does not withdraw the command; ``answered`` runs
+        once the slot has answered it (or the controller closed).
+        """
+        reply = _Reply(answered)
+        try:
+            self._deliver(_Envelope(event, reply=reply))
+        except ControllerClosedError as exc:
+            reply.fail(exc)
         return await reply.wait()
 
     def tell(self, event: Event, handled: Callable[[], None] | None = None) -> None:

@@ -97,7 +97,13 @@ class Controller:
             lemonade_url, api_key=api_key, transport=transport, timeout=http_timeout
         )
         self._poll_interval = poll_interval
-        self._hash_policy = HashPolicy(hash_policy)
+        try:
+            self._hash_policy = HashPolicy(hash_policy)
+        except ValueError:
+            choices = ", ".join(p.value for p in HashPolicy)
+            raise ConfigError(
+                f"hash_policy must be one of {choices}, got {hash_policy!r}"
+            ) from None
         self._cache = FingerprintCache()
         self._state_path = state_path
         self._history = history
@@ -202,12 +208,13 @@ class Controller:
         entry = self._registry[model]
         self._claim(slot, model)
         self._loading[slot, model] += 1
-        try:
-            return await actor.command(Load(entry))
-        finally:
+
+        def answered() -> None:  # the claim lasts until the slot answers, not the caller
             self._loading[slot, model] -= 1
             if not self._loading[slot, model]:
                 del self._loading[slot, model]
+
+        return await actor.command(Load(entry), answered)
 
     async def unload(self, slot: str) -> SlotSnapshot:
         """Empty ``slot`` (``/unload`` with its model's name); return the settled snapshot."""

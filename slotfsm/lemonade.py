@@ -33,7 +33,7 @@ import anyio
 import attrs
 import httpx
 
-from slotfsm.errors import SlotfsmError
+from slotfsm.errors import ConfigError, SlotfsmError
 
 __all__ = [
     "Health",
@@ -202,19 +202,19 @@ class LemonadeClient:
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+            raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not (isinstance(max_body_bytes, int) and max_body_bytes > 0):
-            raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+            raise ConfigError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
         headers = {"Accept": "application/json"}
         if api_key is not None:
             # Checked here so that a bad key never reaches httpx, whose header
             # errors could quote it.  The message does not show the key.
             if not isinstance(api_key, str) or not api_key or not api_key.isprintable():
-                raise ValueError("api_key must be a non-empty printable string")
+                raise ConfigError("api_key must be a non-empty printable string")
             if not api_key.isascii() or any(c.isspace() for c in api_key):
-                raise ValueError("api_key must be ASCII without whitespace")
+                raise ConfigError("api_key must be ASCII without whitespace")
             headers["Authorization"] = f"Bearer {api_key}"
         self._base_url = str(url).rstrip("/")
         self._api_key = api_key

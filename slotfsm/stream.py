@@ -45,7 +45,7 @@ class TransitionStream:
         """Stop receiving; a pending ``__anext__`` ends the iteration."""
         if not self._closed:
             self._closed = True
-            self._hub._streams.discard(self)
+            self._hub.unsubscribe(self)
             self._wakeup.set()
 
     def __aiter__(self) -> TransitionStream:
@@ -82,6 +82,10 @@ class TransitionHub:
         stream = TransitionStream(self, buffer)
         self._streams.add(stream)
         return stream
+
+    def unsubscribe(self, stream: TransitionStream) -> None:
+        """Stop handing records to ``stream``."""
+        self._streams.discard(stream)
 
     def publish(self, record: SlotTransition) -> None:
         """Hand ``record`` to every subscriber (synchronous, never blocks)."""

@@ -119,7 +119,7 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
     async def passes(_: ModelEntry) -> None:
         return None
 
-    async def no_recheck() -> None:
+    async def no_reconcile() -> None:
         return None
 
     actors = [
@@ -128,7 +128,7 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
             book,
             client=InstantClient(),  # type: ignore[arg-type]
             validate=passes,
-            recheck=no_recheck,
+            reconcile=no_reconcile,
             sequence=counter,
             publish=lambda record: None,
         )
