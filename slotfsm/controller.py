@@ -182,7 +182,7 @@ class Controller:
                 held = self._assignments()
                 if held:
                     logger.info(
-                        "controller stopped; left loaded on the server: %s",
+                        "controller stopped; left on the server (loaded, or still loading): %s",
                         ", ".join(f"{slot}={model}" for slot, model in sorted(held.items())),
                     )
                 if self._state_path is not None and held != self._written:
@@ -203,6 +203,11 @@ class Controller:
         sent once, bounded by the slot's ``load_timeout`` and never retried
         (ADR-0007 §3); every slot is reconciled with ``/health`` before this
         returns.  Check ``snap.model`` and ``snap.error``, not only ``state``.
+
+        Cancelling the call only abandons the wait: the load goes on (or waits
+        its turn behind the slot's current command) and settles as usual.
+        Raises :class:`ModelInUseError` if another slot holds, is loading, or
+        may still hold ``model``.
         """
         actor = self._actor(slot)
         entry = self._registry[model]

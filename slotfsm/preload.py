@@ -538,7 +538,7 @@ def _hash_fd(
 ) -> str:
     """sha256 of the file at ``fd`` from offset 0, one reused buffer."""
     digest = hashlib.sha256()
-    buffer = memoryview(bytearray(CHUNK_SIZE))
+    buffer = memoryview(bytearray(min(CHUNK_SIZE, total + 1)))  # small files, small buffer
     done = 0
     with open(fd, "rb", buffering=0, closefd=False) as file:
         while True:

@@ -701,6 +701,10 @@ class FakeLemonade:
 
     # ----------------------------------------------------------- inspection
 
+    def clear_log(self) -> None:
+        """Forget the requests received so far (for long runs); counters are kept."""
+        self._log.clear()
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, in order of arrival (a copy)."""

@@ -614,9 +614,9 @@ class Storm:
     def _start_over(self) -> None:
         """Forget the checked traffic, so that a long run keeps only what it still needs."""
         fake = self.world.fake
-        log = fake._log  # the testing kit keeps every request; a soak must not
-        if fake.loads_in_flight == 0 and all(r.done_at is not None for r in log):
-            log.clear()
+        # The testing kit keeps every request; a soak must not.
+        if fake.loads_in_flight == 0 and all(r.done_at is not None for r in fake.requests):
+            fake.clear_log()
         else:
             self.problem("requests still in flight on a calm, settled controller")
         self.recorder.reset()

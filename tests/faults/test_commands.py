@@ -280,7 +280,7 @@ async def leave_while(
     assert fake.loads_in_flight == 0
     assert [r.route for r in fake.requests[sent:]] == []  # nothing sent on the way out
     assert fake.loaded_models() == ["alpha"]  # left loaded, as documented
-    left = [r.getMessage() for r in caplog.records if "left loaded on the server" in r.getMessage()]
+    left = [r.getMessage() for r in caplog.records if "left on the server" in r.getMessage()]
     assert len(left) == 1 and "a=alpha" in left[0], left
 
 
