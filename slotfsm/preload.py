@@ -48,7 +48,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -58,6 +57,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from slotfsm._atomic import write_atomically
 from slotfsm.errors import Failure, PreloadError, SlotfsmError
 from slotfsm.registry import ModelEntry
 
@@ -188,7 +188,7 @@ class FingerprintCache:
         with self._lock:
             rows = [[*fp, sha256] for fp, sha256 in self._entries.items()]
         text = json.dumps({"version": 1, "entries": rows}, separators=(",", ":"))
-        _write_atomically(Path(path), text.encode("utf-8"))
+        write_atomically(Path(path), text.encode("utf-8"))
 
 
 def _parse_rows(document: object) -> list[tuple[Fingerprint, str]]:
@@ -211,21 +211,6 @@ def _parse_row(row: object) -> tuple[Fingerprint, str]:
         raise TypeError("bad sha256")
     dev, ino, size, mtime_ns, ctime_ns = numbers
     return (dev, ino, size, mtime_ns, ctime_ns), sha256.lower()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def default_cache_path() -> Path:

@@ -11,13 +11,13 @@ stops a controller from starting.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from slotfsm._atomic import write_atomically
 
 __all__ = ["VERSION", "read_assignments", "write_assignments"]
 
@@ -55,22 +55,5 @@ def read_assignments(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def write_assignments(path: str | os.PathLike[str], slots: Mapping[str, str]) -> None:
     """Replace the file at ``path`` with ``slots``, atomically and durably."""
-    target = Path(path)
     document = json.dumps({"version": VERSION, "slots": dict(sorted(slots.items()))}, indent=2)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(document + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(path, (document + "\n").encode("utf-8"))

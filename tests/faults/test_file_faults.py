@@ -30,6 +30,7 @@ import attrs
 import pytest
 
 import slotfsm.controller
+from faults.checks import failed, holds, loads_of
 from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
 from slotfsm.testing import FakeLemonade
 from slotfsm.testing.files import Flaw, gguf_bytes, write_model
@@ -45,23 +46,6 @@ AT_ONCE = 2.0
 def controller(url: str, entries: Iterable[ModelEntry]) -> Controller:
     slots = [SlotConfig("a"), SlotConfig("b"), SlotConfig("c")]
     return Controller(lemonade_url=url, registry=list(entries), slots=slots, http_timeout=PROMPTLY)
-
-
-def loads_of(fake: FakeLemonade, model: str) -> list[Any]:
-    return [r for r in fake.loads() if isinstance(r.body, dict) and r.body["model_name"] == model]
-
-
-def failed(snap: SlotSnapshot, state: SlotState, kind: PreloadError, *facts: str) -> None:
-    """``snap`` is in ``state`` with a failure of ``kind`` whose message says every fact."""
-    assert snap.state is state, snap
-    assert snap.error is not None, snap
-    assert snap.error.kind is kind, snap.error
-    for fact in facts:
-        assert fact in snap.error.message, (fact, snap.error.message)
-
-
-def holds(snap: SlotSnapshot, model: str) -> None:
-    assert (snap.state, snap.model, snap.error) == (SlotState.LOADED, model, None), snap
 
 
 def deny_open(monkeypatch: pytest.MonkeyPatch, path: str | Path) -> None:

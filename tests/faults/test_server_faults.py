@@ -28,6 +28,7 @@ import anyio.abc
 import httpx
 import pytest
 
+from faults.checks import failed, holds, loads_of, unloads_of
 from slotfsm import (
     Controller,
     ModelEntry,
@@ -147,28 +148,6 @@ def controller(
     options.setdefault("http_timeout", PROMPTLY)
     configs = [s if isinstance(s, SlotConfig) else SlotConfig(s) for s in slots]
     return Controller(lemonade_url=url, registry=list(models.values()), slots=configs, **options)
-
-
-def loads_of(fake: FakeLemonade, model: str) -> list[Any]:
-    return [r for r in fake.loads() if isinstance(r.body, dict) and r.body["model_name"] == model]
-
-
-def unloads_of(fake: FakeLemonade, model: str) -> list[Any]:
-    return [r for r in fake.unloads() if isinstance(r.body, dict) and r.body["model_name"] == model]
-
-
-def failed(snap: SlotSnapshot, state: SlotState, kind: PreloadError, *facts: str) -> None:
-    """``snap`` is in ``state`` with a failure of ``kind`` whose message says every fact."""
-    assert snap.state is state, snap
-    assert snap.error is not None, snap
-    assert snap.error.kind is kind, snap.error
-    for fact in facts:
-        assert fact in snap.error.message, (fact, snap.error.message)
-
-
-def holds(snap: SlotSnapshot, model: str) -> None:
-    """``snap`` is ``loaded`` with ``model`` and no failure."""
-    assert (snap.state, snap.model, snap.error) == (SlotState.LOADED, model, None), snap
 
 
 def clean_idle(snap: SlotSnapshot) -> None:
