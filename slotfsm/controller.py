@@ -96,7 +96,6 @@ class Controller:
         self._client = LemonadeClient(
             lemonade_url, api_key=api_key, transport=transport, timeout=http_timeout
         )
-        self._poll_interval = poll_interval
         try:
             self._hash_policy = HashPolicy(hash_policy)
         except ValueError:
@@ -258,7 +257,7 @@ class Controller:
         A slow reader never blocks a slot: past ``buffer`` unread records the
         oldest is dropped and counted in the stream's ``dropped``.
         """
-        self._actor_group()
+        self._check_running()
         return self._hub.subscribe(buffer)
 
     @contextlib.asynccontextmanager
@@ -285,7 +284,7 @@ class Controller:
 
     async def refresh(self) -> Health | None:
         """Read ``/health`` now and reconcile every slot with it (as a poll does)."""
-        self._actor_group()
+        self._check_running()
         return await self._watcher.observe()
 
     # -- internals --------------------------------------------------------------------
@@ -294,13 +293,12 @@ class Controller:
         if slot not in self._configs:
             known = ", ".join(repr(n) for n in self._configs)
             raise UnknownSlotError(f"no slot named {slot!r} (slots: {known})")
-        self._actor_group()
+        self._check_running()
         return self._actors[slot]
 
-    def _actor_group(self) -> TaskGroup:
+    def _check_running(self) -> None:
         if self._task_group is None:
             raise SlotfsmError("the controller is not running: use 'async with Controller(...)'")
-        return self._task_group
 
     def _claim(self, slot: str, model: str) -> None:
         """Refuse a model another slot holds, is loading, or may still hold.
