@@ -11,7 +11,7 @@ import attrs
 
 from slotfsm.errors import ConfigError
 
-__all__ = ["LoadOption", "SlotConfig"]
+__all__ = ["LoadOption", "SlotConfig", "positive_seconds"]
 
 LoadOption: TypeAlias = str | int | float | bool
 """A value sent with ``/load``: Lemonade's options are strings, numbers or flags."""
@@ -25,6 +25,15 @@ def _check_name(_: object, __: attrs.Attribute[Any], value: object) -> None:
         raise ConfigError(f"slot name must be a non-empty string, got {value!r}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ConfigError(f"slot name {value!r} contains control characters")
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """``value`` as a finite number of seconds above zero, or a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
 
 
 def _check_seconds(allow_off: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:

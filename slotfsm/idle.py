@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskStatus
 
-from slotfsm.errors import ConfigError
+from slotfsm.config import positive_seconds
 from slotfsm.events import Observed
 from slotfsm.lemonade import Health, LemonadeClient, LemonadeError
 
@@ -46,11 +46,7 @@ class IdleWatcher:
         sequence: Callable[[], int],
         interval: float = 30.0,
     ) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise ConfigError(f"poll_interval must be a number of seconds, got {interval!r}")
-        if not math.isfinite(interval) or interval <= 0:
-            raise ConfigError(f"poll_interval must be finite and > 0, got {interval!r}")
-        self.interval = float(interval)
+        self.interval = positive_seconds("poll_interval", interval)
         self._client = client
         self._deliver = deliver
         self._sequence = sequence

@@ -33,6 +33,7 @@ import anyio
 import attrs
 import httpx
 
+from slotfsm.config import positive_seconds
 from slotfsm.errors import ConfigError, SlotfsmError
 
 __all__ = [
@@ -203,8 +204,6 @@ class LemonadeClient:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not (isinstance(max_body_bytes, int) and max_body_bytes > 0):
             raise ConfigError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
         headers = {"Accept": "application/json"}
@@ -218,7 +217,7 @@ class LemonadeClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self._base_url = str(url).rstrip("/")
         self._api_key = api_key
-        self._timeout = float(timeout)
+        self._timeout = positive_seconds("timeout", timeout)
         self._max_body_bytes = max_body_bytes
         self._http = httpx.AsyncClient(
             base_url=self._base_url,

@@ -435,7 +435,7 @@ class Rule:
 
 S, T = SlotState, Trigger
 _EVERY_STATE = tuple(SlotState)
-_SETTLED_ORDER = (S.IDLE, S.LOADED, S.ERROR)
+_SETTLED_ORDER = tuple(s for s in SlotState if s.settled)
 
 RULES: tuple[Rule, ...] = (
     # commands
@@ -498,8 +498,10 @@ RULES: tuple[Rule, ...] = (
 
 POSTPONED: frozenset[tuple[SlotState, Trigger]] = frozenset(
     (state, trigger)
-    for state in (S.VALIDATING, S.LOADING, S.UNLOADING)
-    for trigger in (T.LOAD, T.UNLOAD, T.RESET)
+    for state in SlotState
+    if not state.settled
+    for trigger in Trigger
+    if trigger.is_command
 )
 """Commands that wait while the slot is busy, offered again after each state change."""
 
