@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from checks import loads_of
 from conftest import ControllerFactory, virtual_time
 
 from slotfsm import (
@@ -26,10 +27,6 @@ from slotfsm import (
 from slotfsm.testing import FakeLemonade
 
 pytestmark = pytest.mark.anyio
-
-
-def loads_of(fake: FakeLemonade, model: str) -> list[Any]:
-    return [r for r in fake.loads() if isinstance(r.body, dict) and r.body["model_name"] == model]
 
 
 async def test_load_then_unload(fake: FakeLemonade, make_controller: ControllerFactory) -> None:

@@ -28,9 +28,9 @@ from typing import Any
 import anyio
 import attrs
 import pytest
+from checks import failed, holds, loads_of
 
 import slotfsm.controller
-from faults.checks import failed, holds, loads_of
 from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
 from slotfsm.testing import FakeLemonade
 from slotfsm.testing.files import Flaw, gguf_bytes, write_model

@@ -27,8 +27,8 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from checks import failed, holds, loads_of, unloads_of
 
-from faults.checks import failed, holds, loads_of, unloads_of
 from slotfsm import (
     Controller,
     ModelEntry,
