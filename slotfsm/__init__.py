@@ -16,11 +16,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slotfsm.actor import ControllerClosedError
     from slotfsm.config import SlotConfig
     from slotfsm.controller import Controller
     from slotfsm.errors import (
         ConfigError,
+        ControllerClosedError,
         Failure,
         ModelInUseError,
         PreloadError,
@@ -54,11 +54,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _HOMES = {
-    "slotfsm.actor": ["ControllerClosedError"],
     "slotfsm.config": ["SlotConfig"],
     "slotfsm.controller": ["Controller"],
     "slotfsm.errors": [
         "ConfigError",
+        "ControllerClosedError",
         "Failure",
         "ModelInUseError",
         "PreloadError",

@@ -27,7 +27,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from slotfsm.config import SlotConfig
-from slotfsm.errors import Failure, PreloadError, SlotfsmError
+from slotfsm.errors import ControllerClosedError, Failure, PreloadError
 from slotfsm.events import (
     CallLoad,
     Effect,
@@ -47,15 +47,11 @@ from slotfsm.snapshot import SlotSnapshot, SlotTransition
 if TYPE_CHECKING:
     from slotfsm.registry import ModelEntry
 
-__all__ = ["ControllerClosedError", "SlotActor"]
+__all__ = ["SlotActor"]
 
 logger = logging.getLogger("slotfsm")
 
 Validator = Callable[["ModelEntry"], Awaitable[Failure | None]]
-
-
-class ControllerClosedError(SlotfsmError):
-    """The controller stopped before the command settled."""
 
 
 class _Reply:

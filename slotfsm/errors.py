@@ -15,6 +15,7 @@ import attrs
 
 __all__ = [
     "ConfigError",
+    "ControllerClosedError",
     "Failure",
     "ModelInUseError",
     "PreloadError",
@@ -53,8 +54,19 @@ class PreloadError(enum.Enum):
     """``/unload`` answered with an error (or could not be sent)."""
     EVICTED = "evicted"
     """The server no longer holds the slot's model (LRU, evict-all, restart)."""
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    """The server would load (or loaded) a different file than the one validated."""
+    OPTION_REFUSED = "option_refused"
+    """A load option the server would reject with an evict-all; nothing was sent."""
+    CANCELLED = "cancelled"
+    """The slot's work was stopped by ``Controller.cancel``."""
     INTERNAL = "internal"
     """An unexpected exception inside the slot's own work."""
+
+    @property
+    def code(self) -> str:
+        """The stable lower-case code string of this kind, for APIs and logs."""
+        return str(self.value)
 
     @property
     def is_validation(self) -> bool:
@@ -96,6 +108,10 @@ class Failure:
 
 class SlotfsmError(Exception):
     """Base class of every exception slotfsm raises on purpose."""
+
+
+class ControllerClosedError(SlotfsmError):
+    """The controller stopped (or is stopping) before the command settled."""
 
 
 class ConfigError(SlotfsmError, ValueError):
