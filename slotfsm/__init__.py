@@ -47,8 +47,8 @@ if TYPE_CHECKING:
         validate_sync,
     )
     from slotfsm.registry import ModelEntry, Registry
-    from slotfsm.rules import SlotState
     from slotfsm.snapshot import SlotSnapshot, SlotTransition
+    from slotfsm.states import SlotState
     from slotfsm.stream import TransitionStream
 
 __version__ = "0.1.0"
@@ -85,7 +85,7 @@ _HOMES = {
         "validate_sync",
     ],
     "slotfsm.registry": ["ModelEntry", "Registry"],
-    "slotfsm.rules": ["SlotState"],
+    "slotfsm.states": ["SlotState"],
     "slotfsm.snapshot": ["SlotSnapshot", "SlotTransition"],
     "slotfsm.stream": ["TransitionStream"],
 }

@@ -27,6 +27,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from slotfsm.config import SlotConfig
+from slotfsm.courier import Courier
 from slotfsm.errors import ControllerClosedError, Failure, PreloadError
 from slotfsm.events import (
     CallLoad,
@@ -40,9 +41,11 @@ from slotfsm.events import (
     UnloadFailed,
     Validated,
 )
-from slotfsm.lemonade import LemonadeClient, LemonadeError, ServerHTTPError
-from slotfsm.rules import Outcome, Rulebook, SlotData, SlotMachine, SlotState, Step
+from slotfsm.ledger import Answer, Ledger, Phase
+from slotfsm.rulebook import Outcome, Rulebook, SlotMachine, Step
+from slotfsm.rules import TIMERS
 from slotfsm.snapshot import SlotSnapshot, SlotTransition
+from slotfsm.states import SlotData, SlotState
 
 if TYPE_CHECKING:
     from slotfsm.registry import ModelEntry
@@ -104,7 +107,8 @@ class SlotActor:
         config: SlotConfig,
         rulebook: Rulebook,
         *,
-        client: LemonadeClient,
+        courier: Courier,
+        ledger: Ledger,
         validate: Validator,
         reconcile: Callable[[], Awaitable[None]],
         sequence: Callable[[], int],
@@ -116,7 +120,8 @@ class SlotActor:
         self.config = config
         self.name = config.name
         self._rulebook = rulebook
-        self._client = client
+        self._courier = courier
+        self._ledger = ledger
         self._validate = validate
         self._reconcile = reconcile
         self._sequence = sequence
@@ -130,15 +135,23 @@ class SlotActor:
         self._work: set[anyio.CancelScope] = set()
         self._history: deque[SlotTransition] = deque(maxlen=history)
         self._since = 0.0
+        self._doing = ""  # what the load work is doing now, for the timer's message
+        self._answered = False  # the load of the current visit to ``loading`` answered
         self._task_group: TaskGroup | None = None
+        self._sync()
         self._snapshot = self._make_snapshot()
 
     # -- the outside -------------------------------------------------------------
 
     @property
     def snapshot(self) -> SlotSnapshot:
-        """The slot as of its latest handled event."""
-        return self._snapshot
+        """The slot as of its latest handled event, with what the ledger knows now."""
+        leaving = self._ledger.owned_by(self.name, Phase.LEAVING)
+        cleanups = self._ledger.cleanups_of(self.name)
+        snap = self._snapshot
+        if leaving == snap.leaving and cleanups == snap.cleanups:
+            return snap
+        return attrs.evolve(snap, leaving=leaving, cleanups=cleanups)
 
     async def command(
         self, event: Event, answered: Callable[[], None] | None = None
@@ -174,6 +187,7 @@ class SlotActor:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
+                self._arm_timer()
                 task_status.started()
                 while True:
                     try:  # drain what is queued without a scheduling round-trip per event
@@ -204,6 +218,9 @@ class SlotActor:
             logger.debug("slot %s: refused stale %s", self.name, event.trigger)
             return
         before = self._machine.data
+        if event.trigger.is_command and self._postponed and not self.state.settled:
+            self._postponed.append(envelope)  # commands take effect in the order given
+            return
         try:
             step = self._rulebook.step(self._machine, event)
         except Exception as exc:  # a defect in an update or guard: surface it, keep running
@@ -217,21 +234,26 @@ class SlotActor:
         if step.outcome is Outcome.REFUSED:
             logger.debug("slot %s: %s", self.name, step.reason)
             if envelope.reply is not None:
-                envelope.reply.resolve(self._snapshot)
+                envelope.reply.resolve(self.snapshot)
             return
         if envelope.reply is not None:
             self._waiting.append(envelope.reply)
         if step.changed_state:
             self._leave_state()
+        if self._machine.data is not before or step.changed_state:
+            self._sync()
         if step.notable:
-            self._record(step, before)
+            self._record(step, before, getattr(event, "at", None))
         for effect in step.effects:
             self._start(effect)
+        if step.changed_state:
+            self._arm_timer()
         self._snapshot = self._make_snapshot()
         if self.state.settled and self._waiting:
             waiting, self._waiting = self._waiting, []
+            snapshot = self.snapshot
             for reply in waiting:
-                reply.resolve(self._snapshot)
+                reply.resolve(snapshot)
         if step.changed_state and self._postponed:
             postponed, self._postponed = self._postponed, deque()
             for again in postponed:
@@ -247,15 +269,63 @@ class SlotActor:
         self._rulebook.detach(self._machine)
 
     def _leave_state(self) -> None:
-        """Cancel the work the old state owned: its results can no longer matter."""
+        """Cancel the work the old state owned (and its timer): its results can no longer matter."""
         for scope in self._work:
             scope.cancel()
         self._work.clear()
+        self._doing = ""
+        self._answered = False
         self._epoch += 1
         self._since = anyio.current_time()
 
-    def _record(self, step: Step, before: SlotData) -> None:
-        """Keep and publish a transition (a change of state, or a guarded internal one)."""
+    def note(self, reason: str, model: str) -> None:
+        """Record and publish something the ledger did for this slot (its state stays)."""
+        state = self.state
+        self._keep(
+            SlotTransition(
+                self.name, state, state, "cleanup", anyio.current_time(), model, None, reason
+            )
+        )
+        self._snapshot = self._make_snapshot()
+
+    def _sync(self) -> None:
+        """Tell the ledger what this slot owns now (it is the only writer of that)."""
+        data = self._machine.data
+        loading = data.target.name if data.target and self.state is SlotState.LOADING else None
+        self._ledger.sync(self.name, held=data.model, loading=loading, leaving=data.leaving)
+
+    def _arm_timer(self) -> None:
+        """Start the state timer the rule table declares for the state just entered."""
+        timer = TIMERS.get(self.state)
+        if timer is not None:
+            seconds: float = getattr(self.config, timer.seconds)
+            self._start_work(self._fire_after(seconds))
+
+    async def _fire_after(self, seconds: float) -> Event:
+        """The loading state's timer (ADR-0007 §3): the load is abandoned, never retried."""
+        await anyio.sleep(seconds)
+        if self._answered:  # the load answered in time; only the /health re-read is left
+            await anyio.sleep_forever()
+        target = self._machine.data.target
+        name = target.name if target is not None else "?"
+        doing = self._doing or f"validating {name!r}"
+        failure = Failure(
+            PreloadError.LOAD_TIMEOUT,
+            f"loading {name!r} did not finish within {seconds:g} s (the timer fired while"
+            f" {doing}); not retried",
+            path=target.path if target is not None else None,
+            model=name,
+            expected=f"a loaded model within {seconds:g} s",
+            found=f"still {doing}",
+        )
+        return LoadTimedOut(failure)
+
+    def _record(self, step: Step, before: SlotData, at: float | None) -> None:
+        """Keep and publish a transition (a change of state, or a guarded internal one).
+
+        ``at`` is the event's own time where it has one (the slot's one clock:
+        the idle guard compares the same values the history shows).
+        """
         assert step.rule is not None
         data = self._machine.data
         failure = data.error if data.error is not before.error else None  # only news
@@ -265,13 +335,16 @@ class SlotActor:
             source=step.source,
             dest=step.dest,
             trigger=step.rule.trigger.value,
-            at=anyio.current_time(),
+            at=at if at is not None else anyio.current_time(),
             model=failure.model if failure is not None and failure.model else model,
             failure=failure,
             reason=str(failure) if failure else step.rule.label,
         )
+        self._keep(record)
+
+    def _keep(self, record: SlotTransition) -> None:
         self._history.append(record)
-        (logger.warning if failure else logger.info)("%s", record)
+        (logger.warning if record.failure else logger.info)("%s", record)
         try:
             self._publish(record)
         except Exception:  # a subscriber's defect must not stop the slot
@@ -285,7 +358,8 @@ class SlotActor:
             model=data.model,
             error=data.error,
             target=data.target.name if data.target is not None else None,
-            stray=data.stray,
+            leaving=self._ledger.owned_by(self.name, Phase.LEAVING),
+            cleanups=self._ledger.cleanups_of(self.name),
             since=self._since,
             in_use=data.in_use,
             history=tuple(self._history),
@@ -294,17 +368,24 @@ class SlotActor:
     # -- state-owned work ----------------------------------------------------------------
 
     def _start(self, effect: Effect) -> None:
+        self._start_work(self._perform(effect), effect)
+
+    def _start_work(self, work: Awaitable[Event], effect: Effect | None = None) -> None:
         assert self._task_group is not None, "the actor is not running"
         scope = anyio.CancelScope()
         self._work.add(scope)
-        self._task_group.start_soon(self._run_work, scope, self._epoch, effect)
+        self._task_group.start_soon(self._run_work, scope, self._epoch, work, effect)
 
-    async def _run_work(self, scope: anyio.CancelScope, epoch: int, effect: Effect) -> None:
+    async def _run_work(
+        self, scope: anyio.CancelScope, epoch: int, work: Awaitable[Event], effect: Effect | None
+    ) -> None:
         with scope:
             try:
-                event = await self._perform(effect)
+                event = await work
             except Exception as exc:
                 logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
+                if effect is None:
+                    raise
                 event = _crashed(effect, exc)
             with contextlib.suppress(anyio.ClosedResourceError):
                 self._send.send_nowait(_Envelope(event, epoch=epoch))
@@ -319,60 +400,53 @@ class SlotActor:
         return await self._unload(effect.model)
 
     async def _load(self, effect: CallLoad) -> Event:
-        """Send ``/load`` once, under the ``loading`` state timer (ADR-0007 §3).
+        """Unload the model being replaced, then send ``/load`` once (ADR-0007 §3).
 
-        The timer is the slot's ``load_timeout``; it covers unloading the model
-        being replaced and the load itself.  When it fires the request is
-        abandoned and never sent again.  Whatever the outcome, ``/health`` is
-        read again before the slot settles, because even a 200 can hide an
-        evict-all of every other model.
+        The ``loading`` state timer covers both; when it fires the requests are
+        abandoned — never sent again — and the ledger keeps track of what they
+        may still do.  A failed unload of the old model stops the swap before
+        the load: the slot keeps the old model.  After the load, whatever its
+        answer, ``/health`` is read again before the slot settles, because
+        even a 200 can hide an evict-all of every other model.
         """
         name = effect.entry.name
-        timeout = self.config.load_timeout
-        stray = effect.replaces  # what the server may hold for us if we stop here
-        left = None  # a replaced stray the server did not hold yet: it may still arrive
-        event: Event
-        with anyio.move_on_after(timeout) as timer:
-            try:
-                if effect.replaces is not None:
-                    held = await self._client.unload(effect.replaces)
-                    left = effect.replaces if effect.replaces_stray and not held else None
-                stray = name  # from here on, the server may bring the new model up
-                await self._client.load(name, **self.config.load_options)
-                event = LoadSucceeded(name, anyio.current_time(), self._sequence(), left)
-            except LemonadeError as exc:
-                if isinstance(exc, ServerHTTPError) and stray == name:
-                    stray = left  # the server answered: the load did not happen
+        old = effect.replaces
+        if old is not None:
+            self._doing = f"unloading the old model {old!r}; /load of {name!r} not sent"
+            answer, error = await self._courier.unload(self.name, old)
+            if answer not in (Answer.DONE, Answer.NOT_LOADED):
                 failure = Failure(
-                    PreloadError.LOAD_FAILED,
-                    f"loading {name!r} failed: {exc}",
-                    path=effect.entry.path,
-                    model=name,
+                    PreloadError.UNLOAD_FAILED,
+                    f"unloading {old!r} before loading {name!r} failed ({error});"
+                    f" {name!r} was not sent, {old!r} is kept",
+                    model=old,
                 )
-                event = LoadFailed(failure, stray=stray)
-        if timer.cancelled_caught:
+                return LoadFailed(failure, kept=old)
+        self._doing = f"waiting for the /load of {name!r}"
+        answer, error = await self._courier.load(self.name, name, self.config.load_options)
+        event: Event
+        if answer is Answer.DONE:
+            event = LoadSucceeded(name, anyio.current_time(), self._sequence())
+        else:
             failure = Failure(
-                PreloadError.LOAD_TIMEOUT,
-                f"/load of {name!r} did not answer within {timeout:g} s; not retried",
+                PreloadError.LOAD_FAILED,
+                f"loading {name!r} failed: {error}",
                 path=effect.entry.path,
                 model=name,
-                expected=f"an answer within {timeout:g} s",
-                found="no answer",
             )
-            event = LoadTimedOut(failure, stray=stray)
+            event = LoadFailed(failure)
+        self._answered = True
         await self._reconcile()
         return event
 
     async def _unload(self, model: str) -> Event:
-        try:
-            held = await self._client.unload(model)
-        except LemonadeError as exc:
-            return UnloadFailed(
-                Failure(
-                    PreloadError.UNLOAD_FAILED, f"unloading {model!r} failed: {exc}", model=model
-                )
-            )
-        return Unloaded(model, was_loaded=held)
+        answer, error = await self._courier.unload(self.name, model)
+        if answer in (Answer.DONE, Answer.NOT_LOADED):
+            return Unloaded(model, was_loaded=answer is Answer.DONE)
+        failure = Failure(
+            PreloadError.UNLOAD_FAILED, f"unloading {model!r} failed: {error}", model=model
+        )
+        return UnloadFailed(failure)
 
 
 def _crashed(effect: Effect, exc: Exception) -> Event:

@@ -221,7 +221,7 @@ def _add_diagram(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _run_diagram(args: argparse.Namespace) -> int:
     from slotfsm import diagram
-    from slotfsm.rules import SlotState
+    from slotfsm.states import SlotState
 
     highlight = None
     if args.highlight is not None:

@@ -12,7 +12,11 @@ commands for the slot's actor and wait for the slot to settle::
 A failed load is a state, not an exception; misuse (an unknown slot or model
 name) raises.  Leaving the ``async with`` block cancels every slot's work —
 hashing and hung loads included — and leaves the models that are loaded on
-the server where they are; with a state file, the next controller resumes them.
+the server where they are; with a state file, the next controller resumes them
+and cleans up what was still in flight.
+
+What the server may hold because of us is kept in one residency ledger
+(:mod:`slotfsm.ledger`), keyed by the server's canonical model name.
 """
 
 from __future__ import annotations
@@ -21,32 +25,35 @@ import contextlib
 import itertools
 import logging
 import os
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Self
 
 import anyio
+import attrs
 import httpx
 from anyio.abc import TaskGroup
 
 from slotfsm.actor import SlotActor
 from slotfsm.config import SlotConfig
+from slotfsm.courier import Courier
 from slotfsm.errors import (
     ConfigError,
+    ControllerClosedError,
     Failure,
-    ModelInUseError,
     SlotfsmError,
     UnknownSlotError,
 )
 from slotfsm.events import Load, Observed, Reset, Unload, UseChanged
 from slotfsm.idle import IdleWatcher
+from slotfsm.ledger import Ledger, Phase
 from slotfsm.lemonade import Health, LemonadeClient
 from slotfsm.preload import FingerprintCache, HashPolicy, validate
 from slotfsm.registry import ModelEntry, Registry
-from slotfsm.rules import Rulebook, SlotData, SlotState
+from slotfsm.rulebook import Rulebook
 from slotfsm.snapshot import SlotSnapshot, SlotTransition
-from slotfsm.statefile import read_assignments, write_assignments
+from slotfsm.statefile import Record, StateLock, check_path, read_state, write_state
+from slotfsm.states import SlotData, SlotState
 from slotfsm.stream import TransitionHub, TransitionStream
 
 __all__ = ["Controller"]
@@ -54,17 +61,33 @@ __all__ = ["Controller"]
 logger = logging.getLogger("slotfsm")
 
 
+_PREFIXES = ("extra.", "user.")
+
+
+def canonical_name(name: str) -> str:
+    """The name ``/health`` lists for a ``/load`` name (Lemonade 11.7.0).
+
+    ``/load`` accepts ``extra.X`` and ``user.X`` and echoes them as sent, but
+    ``/health`` lists the public id ``X``; ``builtin.X`` stays as it is.
+    """
+    for prefix in _PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix) :]
+    return name
+
+
 class Controller:
     """Runs every configured slot against one Lemonade Server.
 
     ``lemonade_url`` is the server root (requests go to ``/api/v1/...``);
-    ``registry`` names the model files; ``slots`` configures each slot;
-    ``poll_interval`` is the idle watcher's cadence (one ``/health`` per
-    interval for all slots).  ``api_key`` is sent as a bearer token and shown
-    nowhere.  ``hash_policy`` chooses whether an unchanged file is hashed
-    again (see :mod:`slotfsm.preload`).  ``state_path`` keeps each slot's
-    model across restarts.  ``transport`` replaces the HTTP transport (the
-    testing kit's in-process fake uses it).
+    ``registry`` names the model files; ``slots`` configures each slot (there
+    may be none); ``poll_interval`` is the idle watcher's cadence (one
+    ``/health`` per interval for all slots).  ``api_key`` is sent as a bearer
+    token and shown nowhere.  ``hash_policy`` chooses whether an unchanged
+    file is hashed again (see :mod:`slotfsm.preload`).  ``state_path`` keeps
+    the residency ledger across restarts (one running controller per file).
+    ``transport`` replaces the HTTP transport (the testing kit's in-process
+    fake uses it).
     """
 
     def __init__(
@@ -72,7 +95,7 @@ class Controller:
         *,
         lemonade_url: str,
         registry: Registry | Iterable[ModelEntry],
-        slots: Iterable[SlotConfig],
+        slots: Iterable[SlotConfig] = (),
         poll_interval: float = 30.0,
         api_key: str | None = None,
         hash_policy: HashPolicy = HashPolicy.FINGERPRINT,
@@ -89,8 +112,6 @@ class Controller:
             if config.name in self._configs:
                 raise ConfigError(f"duplicate slot name {config.name!r}")
             self._configs[config.name] = config
-        if not self._configs:
-            raise ConfigError("a controller needs at least one slot")
         if history < 1:
             raise ConfigError(f"history must be >= 1, got {history}")
         self._client = LemonadeClient(
@@ -109,15 +130,16 @@ class Controller:
         self._rulebook = Rulebook()
         self._hub = TransitionHub()
         self._sequence = itertools.count(1).__next__
+        self._ledger = Ledger(self._sequence, self._ledger_changed)
+        self._requests: TaskGroup | None = None
+        self._courier = Courier(self._client, self._ledger, self._request_group, self._cleaned)
         self._actors: dict[str, SlotActor] = {}
-        self._watcher = IdleWatcher(
-            self._client, self._tell_every_slot, self._sequence, poll_interval
-        )
-        self._task_group: TaskGroup | None = None
+        self._watcher = IdleWatcher(self._client, self._deliver, self._sequence, poll_interval)
+        self._exit: contextlib.AsyncExitStack | None = None
         self._started = False
-        self._loading: Counter[tuple[str, str]] = Counter()  # (slot, model) of load() calls
+        self._running = False
         self._state_dirty: anyio.Event | None = None
-        self._written: dict[str, str] = {}
+        self._written: dict[str, dict[str, object]] | None = None
 
     def __repr__(self) -> str:
         return f"Controller({self._client.base_url!r}, slots={list(self._configs)})"
@@ -125,39 +147,35 @@ class Controller:
     # -- lifetime -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        """Start in order: state file, client, requests, slots, state writer, watcher.
+
+        Leaving stops them in the reverse order, so nothing is ever told to a
+        part that has already stopped.
+        """
         if self._started:
             raise SlotfsmError("a Controller runs once; create a new one to run again")
         self._started = True
-        resumed, recorded = await self._resume()
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        try:
-            for name, config in self._configs.items():
-                state, data = resumed.get(name, (SlotState.IDLE, None))
-                actor = SlotActor(
-                    config,
-                    self._rulebook,
-                    client=self._client,
-                    validate=self._validate,
-                    reconcile=self._reconcile_after_load,
-                    sequence=self._sequence,
-                    publish=self._on_transition,
-                    history=self._history,
-                    state=state,
-                    data=data,
-                )
-                self._actors[name] = actor
-                await task_group.start(actor.run)
+        async with contextlib.AsyncExitStack() as stack:
             if self._state_path is not None:
-                self._written = recorded  # what is on disk: rewritten if it differs
+                check_path(self._state_path)
+                lock = StateLock(self._state_path)
+                lock.acquire()
+                stack.callback(lock.release)
+            stack.push_async_callback(self._client.aclose)
+            resumed = await self._resume()
+            stack.push_async_callback(self._say_goodbye)
+            self._requests = await self._task_group(stack)
+            actors = await self._task_group(stack)
+            for name, config in self._configs.items():
+                await self._start_actor(actors, config, *resumed.get(name, (SlotState.IDLE, None)))
+            self._actor_group = actors
+            if self._state_path is not None:
                 self._state_dirty = anyio.Event()
                 self._state_dirty.set()
-                task_group.start_soon(self._keep_state_file)
-            await task_group.start(self._watcher.run)
-        except BaseException:
-            await self._stop()
-            raise
+                (await self._task_group(stack)).start_soon(self._keep_state_file)
+            await (await self._task_group(stack)).start(self._watcher.run)
+            self._running = True
+            self._exit = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -166,31 +184,56 @@ class Controller:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._stop()
+        self._running = False
+        stack, self._exit = self._exit, None
+        assert stack is not None
+        await stack.aclose()
 
-    async def _stop(self) -> None:
-        """Cancel every slot's work, say what stays loaded, and release everything."""
-        task_group, self._task_group = self._task_group, None
-        assert task_group is not None
-        task_group.cancel_scope.cancel()
-        try:
-            # The block's own exception propagates as it is, never wrapped in a group.
-            await task_group.__aexit__(None, None, None)
-        finally:
-            with anyio.CancelScope(shield=True):
-                held = self._assignments()
-                if held:
-                    logger.info(
-                        "controller stopped; left on the server (loaded, or still loading): %s",
-                        ", ".join(f"{slot}={model}" for slot, model in sorted(held.items())),
-                    )
-                if self._state_path is not None and held != self._written:
-                    await self._write_state(held)
-                self._hub.close()
-                for actor in self._actors.values():
-                    actor.detach()
-                self._actors.clear()
-                await self._client.aclose()
+    @staticmethod
+    async def _task_group(stack: contextlib.AsyncExitStack) -> TaskGroup:
+        """A task group that the stack cancels, then waits for, when it unwinds."""
+        group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(group.cancel_scope.cancel)
+        return group
+
+    async def _start_actor(
+        self, group: TaskGroup, config: SlotConfig, state: SlotState, data: SlotData | None
+    ) -> None:
+        actor = SlotActor(
+            config,
+            self._rulebook,
+            courier=self._courier,
+            ledger=self._ledger,
+            validate=self._validate,
+            reconcile=self._reconcile_after_load,
+            sequence=self._sequence,
+            publish=self._on_transition,
+            history=self._history,
+            state=state,
+            data=data,
+        )
+        self._actors[config.name] = actor
+        await group.start(actor.run)
+
+    async def _say_goodbye(self) -> None:
+        """Last words: what stays on the server, the final state file, and release."""
+        with anyio.CancelScope(shield=True):
+            held = {
+                name: e.owner or "(nobody)"
+                for name, e in self._ledger.entries().items()
+                if e.owner is not None or e.owed
+            }
+            if held:
+                logger.info(
+                    "controller stopped; left on the server (loaded, arriving or to clean up): %s",
+                    ", ".join(f"{model}={slot}" for model, slot in sorted(held.items())),
+                )
+            if self._state_path is not None:
+                await self._write_state()
+            self._hub.close()
+            for actor in self._actors.values():
+                actor.detach()
+            self._actors.clear()
 
     # -- commands ----------------------------------------------------------------------
 
@@ -202,30 +245,42 @@ class Controller:
         sent once, bounded by the slot's ``load_timeout`` and never retried
         (ADR-0007 §3); every slot is reconciled with ``/health`` before this
         returns.  Check ``snap.model`` and ``snap.error``, not only ``state``.
+        The model is known by the name ``/health`` lists (``extra.X`` is
+        ``X``).
 
+        Commands to one slot take effect in the order they were given.
         Cancelling the call only abandons the wait: the load goes on (or waits
         its turn behind the slot's current command) and settles as usual.
-        Raises :class:`ModelInUseError` if another slot holds, is loading, or
-        may still hold ``model``.
+        Raises :class:`ModelInUseError` if another slot owns ``model``, has a
+        load of it queued, or may still have it on the server.
         """
         actor = self._actor(slot)
         entry = self._registry[model]
-        self._claim(slot, model)
-        self._loading[slot, model] += 1
-
-        def answered() -> None:  # the claim lasts until the slot answers, not the caller
-            self._loading[slot, model] -= 1
-            if not self._loading[slot, model]:
-                del self._loading[slot, model]
-
-        return await actor.command(Load(entry), answered)
+        name = canonical_name(entry.name)
+        if name != entry.name:
+            entry = attrs.evolve(entry, name=name)
+        self._ledger.reserve(slot, name)
+        return await actor.command(Load(entry), lambda: self._ledger.release(slot, name))
 
     async def unload(self, slot: str) -> SlotSnapshot:
-        """Empty ``slot`` (``/unload`` with its model's name); return the settled snapshot."""
-        return await self._actor(slot).command(Unload())
+        """Empty ``slot`` (``/unload`` with its model's name); return the settled snapshot.
+
+        What the slot's earlier work may have left on the server (its
+        ``cleanups``) is unloaded too, in the background.
+        """
+        snap = await self._actor(slot).command(Unload())
+        for name in self._ledger.cleanups_of(slot):
+            entry = self._ledger.get(name)
+            if entry is not None and not entry.loads:
+                self._courier.clean_up(name)
+        return snap
 
     async def reset(self, slot: str) -> SlotSnapshot:
-        """Leave ``error`` for ``idle`` without touching the server."""
+        """Leave ``error`` for ``idle`` without touching the server.
+
+        What the slot's work may have left on the server stays in the ledger
+        and is still cleaned up: a reset forgets the failure, not the model.
+        """
         return await self._actor(slot).command(Reset())
 
     def snapshot(self, slot: str) -> SlotSnapshot:
@@ -245,6 +300,11 @@ class Controller:
     def registry(self) -> Registry:
         """The models this controller can load."""
         return self._registry
+
+    @property
+    def ledger(self) -> Ledger:
+        """What the server may hold because of this controller (read it, do not change it)."""
+        return self._ledger
 
     @property
     def idle_watcher(self) -> IdleWatcher:
@@ -283,41 +343,35 @@ class Controller:
                 await released.wait()
 
     async def refresh(self) -> Health | None:
-        """Read ``/health`` now and reconcile every slot with it (as a poll does)."""
+        """Read ``/health`` now and reconcile every slot with it (as a poll does).
+
+        Raises :class:`ControllerClosedError` if the controller closes meanwhile.
+        """
         self._check_running()
-        return await self._watcher.observe()
+        try:
+            return await self._watcher.observe()
+        except RuntimeError as exc:  # httpx: the client was closed under us
+            raise ControllerClosedError("the controller closed during refresh()") from exc
 
     # -- internals --------------------------------------------------------------------
 
     def _actor(self, slot: str) -> SlotActor:
         if slot not in self._configs:
-            known = ", ".join(repr(n) for n in self._configs)
+            known = ", ".join(repr(n) for n in self._configs) or "none"
             raise UnknownSlotError(f"no slot named {slot!r} (slots: {known})")
         self._check_running()
         return self._actors[slot]
 
     def _check_running(self) -> None:
-        if self._task_group is None:
+        if not self._running:
+            if self._started:
+                raise ControllerClosedError("the controller is closed (not running)")
             raise SlotfsmError("the controller is not running: use 'async with Controller(...)'")
 
-    def _claim(self, slot: str, model: str) -> None:
-        """Refuse a model another slot holds, is loading, or may still hold.
-
-        The server keeps one copy of each model: two slots sharing one would
-        unload it under each other.  Checked and claimed with no await in
-        between, so two concurrent calls cannot both pass.
-        """
-        for other, actor in self._actors.items():
-            if other == slot:
-                continue
-            snap = actor.snapshot
-            if model in (snap.model, snap.target) or (other, model) in self._loading:
-                raise ModelInUseError(f"model {model!r} is in use by slot {other!r}")
-            if model == snap.stray:
-                raise ModelInUseError(
-                    f"slot {other!r} may still hold model {model!r} (see its snapshot's"
-                    " 'stray'); unload or reset that slot first"
-                )
+    def _request_group(self) -> TaskGroup:
+        if self._requests is None:
+            raise ControllerClosedError("the controller is not running")
+        return self._requests
 
     async def _validate(self, entry: ModelEntry) -> Failure | None:
         return await validate(entry, policy=self._hash_policy, cache=self._cache)
@@ -330,8 +384,10 @@ class Controller:
         """
         await self._watcher.observe(newer_than=self._sequence())
 
-    async def _tell_every_slot(self, observed: Observed) -> None:
-        """Tell every slot, and return once every slot has handled it."""
+    async def _deliver(self, observed: Observed) -> None:
+        """Settle the ledger with a reading, then tell every slot; return once all handled it."""
+        for name in self._ledger.observed(observed.health, observed.seq):
+            self._courier.clean_up(name)
         actors = list(self._actors.values())
         remaining = len(actors)
         if not remaining:
@@ -345,52 +401,58 @@ class Controller:
                 done.set()
 
         for actor in actors:
-            actor.tell(observed, handled)
+            try:
+                actor.tell(observed, handled)
+            except ControllerClosedError:  # stopping: that slot is past caring
+                handled()
         await done.wait()
+
+    def _cleaned(self, name: str, origin: str | None) -> None:
+        """A clean-up unloaded ``name``: say so in the stream, on the slot that left it."""
+        actor = self._actors.get(origin) if origin is not None else None
+        if actor is not None:
+            actor.note(f"stray gone: {name} unloaded (left by a timed-out or lost load)", name)
 
     def _on_transition(self, record: SlotTransition) -> None:
         self._hub.publish(record)
+
+    def _ledger_changed(self) -> None:
         if self._state_dirty is not None:
             self._state_dirty.set()
-
-    def _assignments(self) -> dict[str, str]:
-        held: dict[str, str] = {}
-        for name, actor in self._actors.items():
-            snap = actor.snapshot
-            model = snap.model or (snap.target if snap.state is SlotState.LOADING else None)
-            if model:
-                held[name] = model
-        return held
 
     async def _keep_state_file(self) -> None:
         assert self._state_dirty is not None
         while True:
             await self._state_dirty.wait()
             self._state_dirty = anyio.Event()
-            held = self._assignments()
-            if held != self._written:
-                await self._write_state(held)
+            await self._write_state()
 
-    async def _write_state(self, held: dict[str, str]) -> None:
+    async def _write_state(self) -> None:
         assert self._state_path is not None
+        records = self._ledger.records()
+        if records == self._written:
+            return
         try:
-            await anyio.to_thread.run_sync(write_assignments, self._state_path, held)
+            await anyio.to_thread.run_sync(write_state, self._state_path, records)
         except OSError as exc:
             logger.warning("could not write state file %s: %s", self._state_path, exc)
         else:
-            self._written = held
+            self._written = records
 
-    async def _resume(self) -> tuple[dict[str, tuple[SlotState, SlotData]], dict[str, str]]:
-        """Slots whose recorded model the server still holds resume ``loaded``.
+    async def _resume(self) -> dict[str, tuple[SlotState, SlotData]]:
+        """Take over what the state file records (ADR-0007 §4).
 
-        Returns the resumed slots and what the file recorded.
+        A slot whose recorded model the server still holds resumes
+        ``loaded``.  Everything else recorded — loads that were in flight,
+        unloads whose answer never came, models nobody managed — is owed:
+        cleaned up when seen, and dropped on proof.
         """
         if self._state_path is None:
-            return {}, {}
-        recorded = await anyio.to_thread.run_sync(read_assignments, self._state_path)
-        ours = {slot: m for slot, m in recorded.items() if slot in self._configs}
-        if not ours:
-            return {}, recorded
+            return {}
+        records = await anyio.to_thread.run_sync(read_state, self._state_path)
+        self._written = {}
+        if not records:
+            return {}
         seq = self._sequence()
         now = anyio.current_time()
         try:
@@ -399,11 +461,25 @@ class Controller:
             logger.warning("cannot check recorded models at start (%s); first poll will", exc)
             on_server, seq = None, 0
         resumed: dict[str, tuple[SlotState, SlotData]] = {}
-        for slot, model in ours.items():
-            if on_server is None or model in on_server:
-                data = SlotData(model=model, used_at=now, loaded_seq=seq)
-                resumed[slot] = (SlotState.LOADED, data)
-                logger.info("slot %s resumes with %s", slot, model)
-            else:
-                logger.info("slot %s: recorded model %s is gone from the server", slot, model)
-        return resumed, recorded
+        owed: list[tuple[str, str | None, bool, bool]] = []
+        for record in records.values():
+            name, slot = record.name, record.owner
+            if record.phase == Phase.HELD and slot in self._configs and slot not in resumed:
+                if on_server is None or name in on_server:
+                    resumed[slot] = (
+                        SlotState.LOADED,
+                        SlotData(model=name, used_at=now, loaded_seq=seq),
+                    )
+                    logger.info("slot %s resumes with %s", slot, name)
+                else:
+                    logger.info("slot %s: recorded model %s is gone from the server", slot, name)
+                continue
+            owed.append(_owed(record))
+        self._ledger.restore(owed)
+        return resumed
+
+
+def _owed(record: Record) -> tuple[str, str | None, bool, bool]:
+    """``(name, origin, arriving, stray)`` for a record no slot resumes."""
+    arriving = record.arrivals > 0 or record.phase == Phase.LOADING
+    return record.name, record.owner or record.origin, arriving, record.stray or not arriving

@@ -15,7 +15,9 @@ import shutil
 import subprocess
 
 from slotfsm.events import Trigger
-from slotfsm.rules import POSTPONED, RULES, Outcome, Rule, Rulebook, SlotState
+from slotfsm.rulebook import Outcome, Rulebook
+from slotfsm.rules import POSTPONED, RULES, Rule
+from slotfsm.states import SlotState
 
 __all__ = [
     "FORMATS",

@@ -109,42 +109,33 @@ class LoadSucceeded:
 
     ``seq`` orders it against observations: an observation whose ``/health``
     request was sent before this answer arrived cannot prove the model gone.
-    ``stray`` names a replaced stray the server did not hold yet (it may still
-    arrive).
     """
 
     trigger: ClassVar[Trigger] = Trigger.LOAD_SUCCEEDED
     model: str
     at: float
     seq: int = 0
-    stray: str | None = None
 
 
 @attrs.frozen
 class LoadFailed:
-    """``/load`` failed (or could not be sent).
+    """``/load`` failed or could not be sent, or the swap's unload before it failed.
 
-    ``stray`` names a model the server may still hold on the slot's behalf:
-    the old model when unloading it failed, or the new one when the request
-    was lost without an answer.
+    ``kept`` names the slot's old model when the swap stopped before the new
+    load because unloading the old one failed: the slot still holds it.
     """
 
     trigger: ClassVar[Trigger] = Trigger.LOAD_FAILED
     failure: Failure
-    stray: str | None = None
+    kept: str | None = None
 
 
 @attrs.frozen
 class LoadTimedOut:
-    """The ``loading`` state timer fired before ``/load`` answered (ADR-0007 §3).
-
-    ``stray`` is the model the server may still bring up (or still hold, if the
-    timer fired while the old model was being unloaded).
-    """
+    """The ``loading`` state timer fired before the load finished (ADR-0007 §3)."""
 
     trigger: ClassVar[Trigger] = Trigger.LOAD_TIMEOUT
     failure: Failure
-    stray: str | None = None
 
 
 @attrs.frozen
@@ -218,14 +209,12 @@ class StartValidation:
 class CallLoad:
     """Send ``/load`` for ``entry``, bounded by the slot's load timeout (ADR-0007 §3).
 
-    ``replaces`` names a different model the slot held (or may hold: a stray,
-    then ``replaces_stray``): it is unloaded first, so the server never holds
-    both on this slot's behalf.
+    ``replaces`` names a different model the slot holds: it is unloaded first,
+    so the server never holds both on this slot's behalf.
     """
 
     entry: ModelEntry
     replaces: str | None = None
-    replaces_stray: bool = False
 
 
 @attrs.frozen

@@ -1,30 +1,23 @@
-"""The rulebook: every state, trigger, guard and effect of a slot, declared once.
+"""The rule table: every transition of a slot, declared once.
 
-This is the functional core.  :data:`RULES` is the single declaration that
-the engine runs (through one shared :class:`transitions.Machine`) and that the
-diagrams are drawn from.  Guards are pure, synchronous functions of the slot's
-data, its configuration and the event; updates are pure functions returning
-the slot's next data and the effects the transition asks for.  Nothing here
-does I/O or knows about anyio, so property tests can drive it directly.
+This is the functional core's declaration.  :data:`RULES` is what the engine
+runs (:mod:`slotfsm.rulebook`) and what the diagrams are drawn from;
+:data:`TIMERS` declares the state timers beside it.  Guards are pure,
+synchronous functions of the slot's data, its configuration and the event;
+updates are pure functions returning the slot's next data and the effects the
+transition asks for.  Nothing here does I/O or knows about anyio.
 
-Every event has a defined outcome in every state (see :meth:`Rulebook.outcome`):
-
-* **taken** by the first rule whose guard holds (a rule with ``dest=None`` is
-  internal: the state stays, only the data changes);
-* **postponed** (:data:`POSTPONED`) — a command that arrives while the slot
-  is busy waits, like gen_statem's postpone, and is offered again after the
-  next state change;
-* **refused** with a reason — a work result for a state the slot has left.
+Precedence is explicit: for one state and trigger, guarded rules are tried
+in the order written, and the one unguarded rule (if any) comes last — the
+rulebook refuses a table where it does not.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import attrs
-from transitions import Machine
 
 from slotfsm.config import SlotConfig
 from slotfsm.errors import Failure, PreloadError
@@ -32,7 +25,6 @@ from slotfsm.events import (
     CallLoad,
     CallUnload,
     Effect,
-    Event,
     Load,
     LoadFailed,
     LoadSucceeded,
@@ -45,76 +37,17 @@ from slotfsm.events import (
     UseChanged,
     Validated,
 )
-
-if TYPE_CHECKING:
-    from slotfsm.registry import ModelEntry
+from slotfsm.states import SlotData, SlotState
 
 __all__ = [
     "POSTPONED",
     "RULES",
-    "Outcome",
-    "Rule",
-    "Rulebook",
-    "SlotData",
-    "SlotMachine",
-    "SlotState",
-    "Step",
+    "TIMERS",
     "Guard",
+    "Rule",
+    "StateTimer",
     "Update",
 ]
-
-
-class SlotState(enum.StrEnum):
-    """The six states of a slot."""
-
-    IDLE = "idle"
-    VALIDATING = "validating"
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"
-    ERROR = "error"
-
-    @property
-    def settled(self) -> bool:
-        """True where a slot rests until told otherwise: idle, loaded, error."""
-        return self in _SETTLED
-
-
-_SETTLED = frozenset({SlotState.IDLE, SlotState.LOADED, SlotState.ERROR})
-
-
-@attrs.frozen
-class SlotData:
-    """Everything a slot knows besides its state; replaced whole on each change.
-
-    * ``model``: the model the slot holds on the server; ``target``: the one it
-      is validating or loading; ``error``: the latest failure.
-    * ``stray``: a model the server may hold on the slot's behalf although the
-      slot does not manage it — a load that timed out (it may still arrive), an
-      unload that failed, an old model whose unload before a swap failed.  It
-      is unloaded when the server is seen holding it (once: ``stray_tried``),
-      by an explicit ``unload``, or before the slot's next load; ``reset``
-      forgets it.
-    * ``last_use``/``seen``: the server's opaque ``last_use`` for ``model`` as
-      last observed; ``used_at``: when, on slotfsm's own clock, the model last
-      showed use (or was loaded); ``loaded_seq``: the sequence number of its
-      load's answer; ``gone_seq``: the latest observation, while loading, that
-      did not list the target.
-    * ``in_use``: callers inside ``Controller.in_use``.
-    """
-
-    model: str | None = None
-    target: ModelEntry | None = None
-    error: Failure | None = None
-    stray: str | None = None
-    stray_tried: bool = False
-    last_use: int | None = None
-    seen: bool = False
-    used_at: float | None = None
-    loaded_seq: int = 0
-    gone_seq: int = 0
-    in_use: int = 0
-
 
 Guard: TypeAlias = Callable[[SlotData, SlotConfig, Any], bool]
 Update: TypeAlias = Callable[[SlotData, SlotConfig, Any], tuple[SlotData, tuple[Effect, ...]]]
@@ -128,24 +61,14 @@ def passed(data: SlotData, config: SlotConfig, event: Validated) -> bool:
     return event.failure is None
 
 
-def failed_holding_model(data: SlotData, config: SlotConfig, event: Validated) -> bool:
-    """Validation failed while the slot still holds its previous model."""
-    return event.failure is not None and data.model is not None
+def holding_model(data: SlotData, config: SlotConfig, event: object) -> bool:
+    """The slot still holds a model (a refused swap keeps it)."""
+    return data.model is not None
 
 
-def failed(data: SlotData, config: SlotConfig, event: Validated) -> bool:
-    """Validation failed."""
-    return event.failure is not None
-
-
-def holds_stray(data: SlotData, config: SlotConfig, event: object) -> bool:
-    """The server may hold a model on this slot's behalf that the slot does not manage."""
-    return data.stray is not None
-
-
-def is_stray(data: SlotData, config: SlotConfig, event: Unloaded) -> bool:
-    """The unload that answered was of the slot's stray."""
-    return data.stray == event.model
+def kept_old(data: SlotData, config: SlotConfig, event: LoadFailed) -> bool:
+    """The swap stopped before its load: unloading the old model failed, the slot keeps it."""
+    return event.kept is not None
 
 
 def same_target(data: SlotData, config: SlotConfig, event: Load) -> bool:
@@ -180,12 +103,6 @@ def idle_expired(data: SlotData, config: SlotConfig, event: Observed) -> bool:
     return event.at - data.used_at >= config.idle_timeout
 
 
-def stray_seen(data: SlotData, config: SlotConfig, event: Observed) -> bool:
-    """The server holds the slot's stray model (e.g. a load that finished after its
-    timeout, ADR-0007 §3), and the slot has not tried to unload it yet."""
-    return data.stray is not None and not data.stray_tried and data.stray in event.health
-
-
 # -- updates (pure) ---------------------------------------------------------------
 
 _NONE: tuple[Effect, ...] = ()
@@ -199,19 +116,8 @@ def keep(data: SlotData, config: SlotConfig, event: object) -> tuple[SlotData, t
 def clear_error(
     data: SlotData, config: SlotConfig, event: object
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Forget the last failure."""
+    """Forget the last failure (what the server may still hold stays in the ledger)."""
     return attrs.evolve(data, error=None), _NONE
-
-
-def forget(
-    data: SlotData, config: SlotConfig, event: object
-) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Forget the last failure and any stray model, without touching the server.
-
-    A stray model the server brings up later is then left alone, like any
-    model this controller did not load.
-    """
-    return attrs.evolve(data, error=None, stray=None, stray_tried=False), _NONE
 
 
 def start_validation(
@@ -225,23 +131,20 @@ def start_validation(
 def call_load(
     data: SlotData, config: SlotConfig, event: Validated
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Validation passed: send ``/load``, after unloading what the slot holds or may hold.
+    """Validation passed: send ``/load``, after unloading a different model the slot holds.
 
-    A different model the slot holds (or else its stray) is unloaded first, so
-    the server never holds two models on one slot's behalf.  The load's result
-    says what, if anything, may be left behind.
+    The old model stays the slot's (``leaving``) until its unload is
+    answered, so no other slot can take it meanwhile.
     """
     name = event.entry.name
-    replaces = next((m for m in (data.model, data.stray) if m is not None and m != name), None)
+    replaces = data.model if data.model is not None and data.model != name else None
     new = attrs.evolve(
         data,
-        model=None if replaces is not None and replaces == data.model else data.model,
-        stray=None if data.stray in (replaces, name) else data.stray,
-        stray_tried=False,
+        model=None if replaces is not None else data.model,
+        leaving=replaces,
         gone_seq=0,
     )
-    is_stray = replaces is not None and replaces != data.model
-    return new, (CallLoad(event.entry, replaces=replaces, replaces_stray=is_stray),)
+    return new, (CallLoad(event.entry, replaces=replaces),)
 
 
 def refuse_swap(
@@ -259,8 +162,8 @@ def loaded(
         data,
         model=event.model,
         target=None,
+        leaving=None,
         error=None,
-        stray=event.stray or (None if data.stray == event.model else data.stray),
         last_use=None,
         seen=False,
         used_at=event.at,
@@ -269,47 +172,50 @@ def loaded(
     return new, _NONE
 
 
+def keep_old_model(
+    data: SlotData, config: SlotConfig, event: LoadFailed
+) -> tuple[SlotData, tuple[Effect, ...]]:
+    """The old model could not be unloaded: the slot keeps it, the new load was not sent."""
+    return attrs.evolve(
+        data, model=event.kept, target=None, leaving=None, error=event.failure
+    ), _NONE
+
+
 def load_failed(
     data: SlotData, config: SlotConfig, event: LoadFailed | LoadTimedOut
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The load failed or timed out; never retried.  What may remain is a stray."""
-    return _emptied(data, error=event.failure, stray=event.stray or data.stray), _NONE
+    """The load failed or timed out; never retried.
+
+    What the server may still bring up or hold because of it is in the
+    ledger, which cleans it up: the slot does not adopt it.
+    """
+    return _emptied(data, error=event.failure), _NONE
 
 
 def call_unload(
     data: SlotData, config: SlotConfig, event: object
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Send ``/unload`` for the held model (or, holding none, for the stray one)."""
-    model = data.model or data.stray
-    assert model, "guarded: an unload always names a model"
-    return attrs.evolve(data, error=None), (CallUnload(model),)
+    """Send ``/unload`` for the held model."""
+    assert data.model, "guarded: an unload always names a model"
+    return attrs.evolve(data, error=None), (CallUnload(data.model),)
 
 
 def unloaded(
     data: SlotData, config: SlotConfig, event: Unloaded
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The server no longer holds the model the slot unloaded (its own, or its stray).
-
-    A stray the server did not hold yet is kept: a load that timed out may
-    still arrive, and is unloaded when it is seen.
-    """
-    stray = None if data.stray == event.model and event.was_loaded else data.stray
-    return _emptied(data, error=data.error, stray=stray), _NONE
-
-
-def stray_unloaded(
-    data: SlotData, config: SlotConfig, event: Unloaded
-) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The stray the slot unloaded on sight is gone from the server."""
-    return attrs.evolve(data, stray=None, stray_tried=False), _NONE
+    """The server no longer holds the model the slot unloaded."""
+    return _emptied(data, error=data.error), _NONE
 
 
 def unload_failed(
     data: SlotData, config: SlotConfig, event: UnloadFailed
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The unload failed: the model may still be there, a stray an explicit unload retries."""
-    stray = data.model or data.stray
-    return _emptied(data, error=event.failure, stray=stray), _NONE
+    """The unload failed: the model may still be there, and it is still the slot's.
+
+    The slot stays ``loaded`` with the failure noted; an explicit ``unload``
+    (or the next idle expiry) tries again.
+    """
+    return attrs.evolve(data, error=event.failure), _NONE
 
 
 def note_target_missing(
@@ -330,7 +236,7 @@ def evicted_after_load(
         f"model {event.model!r} loaded, then was evicted by the server before the slot settled",
         model=event.model,
     )
-    return _emptied(data, error=failure, stray=data.stray), _NONE
+    return _emptied(data, error=failure), _NONE
 
 
 def evicted(
@@ -342,7 +248,7 @@ def evicted(
         f"model {data.model!r} was evicted by the server (no longer listed by /health)",
         model=data.model,
     )
-    return attrs.evolve(_emptied(data, error=failure, stray=data.stray), target=data.target), _NONE
+    return attrs.evolve(_emptied(data, error=failure), target=data.target), _NONE
 
 
 def idle_unload(
@@ -351,18 +257,6 @@ def idle_unload(
     """Unload a model idle for ``idle_timeout`` (ADR-0007 §2)."""
     assert data.model
     return data, (CallUnload(data.model),)
-
-
-def unload_stray(
-    data: SlotData, config: SlotConfig, event: Observed
-) -> tuple[SlotData, tuple[Effect, ...]]:
-    """Unload, once, a stray model the server turned out to hold (ADR-0007 §3).
-
-    A load that finished after its timeout is not adopted: the slot reported
-    the timeout, and its state changes only on an explicit command.
-    """
-    assert data.stray
-    return attrs.evolve(data, stray_tried=True), (CallUnload(data.stray),)
 
 
 def track_use(
@@ -388,9 +282,8 @@ def count_use(
     return attrs.evolve(data, in_use=in_use, used_at=event.at if data.model else None), _NONE
 
 
-def _emptied(data: SlotData, *, error: Failure | None = None, stray: str | None = None) -> SlotData:
-    tried = data.stray_tried if stray is not None and stray == data.stray else False
-    return SlotData(error=error, stray=stray, stray_tried=tried, in_use=data.in_use)
+def _emptied(data: SlotData, *, error: Failure | None = None) -> SlotData:
+    return SlotData(error=error, in_use=data.in_use)
 
 
 # -- the declaration ------------------------------------------------------------------
@@ -433,68 +326,86 @@ class Rule:
         return caption
 
 
-S, T = SlotState, Trigger
-_EVERY_STATE = tuple(SlotState)
-_SETTLED_ORDER = tuple(s for s in SlotState if s.settled)
+@attrs.frozen
+class StateTimer:
+    """A timer owned by a state: armed on entry, cancelled by any exit (like gen_statem's).
 
-RULES: tuple[Rule, ...] = (
-    # commands
-    *(
-        Rule(T.LOAD, s, S.VALIDATING, start_validation, effects=(StartValidation,))
-        for s in (S.IDLE, S.LOADED, S.ERROR)
+    ``seconds`` names the :class:`SlotConfig` field that sets it; when it
+    fires, ``trigger`` is fed to the slot.
+    """
+
+    seconds: str
+    trigger: Trigger
+
+
+S, T = SlotState, Trigger
+
+
+def on(
+    trigger: Trigger,
+    *sources: SlotState,
+    to: SlotState | None = None,
+    do: Update = keep,
+    when: Guard | None = None,
+    label: str = "",
+    effects: tuple[type[Effect], ...] = (),
+) -> tuple[Rule, ...]:
+    """The same rule from each of ``sources`` (``to=None``: the state stays)."""
+    return tuple(Rule(trigger, s, to, do, when, label, effects) for s in sources)
+
+
+SETTLED = (S.IDLE, S.LOADED, S.ERROR)
+EVERY = tuple(SlotState)
+
+TIMERS: dict[SlotState, StateTimer] = {
+    S.LOADING: StateTimer("load_timeout", T.LOAD_TIMEOUT),  # ADR-0007 §3
+}
+"""The state timers: the loading state's load timeout."""
+
+# fmt: off
+RULES: tuple[Rule, ...] = sum(
+    (
+        # commands
+        on(T.LOAD, *SETTLED, to=S.VALIDATING, do=start_validation, effects=(StartValidation,)),
+        on(T.LOAD, S.VALIDATING, S.LOADING, when=same_target, label="same model"),
+        on(T.UNLOAD, S.LOADED, to=S.UNLOADING, do=call_unload, effects=(CallUnload,)),
+        on(T.UNLOAD, S.ERROR, to=S.IDLE, do=clear_error),
+        on(T.UNLOAD, S.IDLE, do=clear_error),
+        on(T.RESET, S.ERROR, to=S.IDLE, do=clear_error),
+        on(T.RESET, S.IDLE, S.LOADED, do=clear_error),
+        # validation: the only path to the load effect is a pass (ADR-0007 §1)
+        on(T.VALIDATED, S.VALIDATING, to=S.LOADING, do=call_load, when=passed, label="passed",
+           effects=(CallLoad,)),
+        on(T.VALIDATED, S.VALIDATING, to=S.LOADED, do=refuse_swap, when=holding_model,
+           label="failed, model kept"),
+        on(T.VALIDATED, S.VALIDATING, to=S.ERROR, do=refuse_swap),
+        # loading, under its state timer (ADR-0007 §3)
+        on(T.LOAD_SUCCEEDED, S.LOADING, to=S.IDLE, do=evicted_after_load,
+           when=evicted_on_arrival, label="evicted since"),
+        on(T.LOAD_SUCCEEDED, S.LOADING, to=S.LOADED, do=loaded),
+        on(T.LOAD_FAILED, S.LOADING, to=S.LOADED, do=keep_old_model, when=kept_old,
+           label="old model kept"),
+        on(T.LOAD_FAILED, S.LOADING, to=S.ERROR, do=load_failed),
+        on(T.LOAD_TIMEOUT, S.LOADING, to=S.ERROR, do=load_failed),
+        # unloading
+        on(T.UNLOADED, S.UNLOADING, to=S.IDLE, do=unloaded),
+        on(T.UNLOAD_FAILED, S.UNLOADING, to=S.LOADED, do=unload_failed),
+        # observations of the server (ADR-0007 §2)
+        on(T.OBSERVED, S.LOADED, to=S.IDLE, do=evicted, when=model_gone, label="model gone"),
+        on(T.OBSERVED, S.LOADED, to=S.UNLOADING, do=idle_unload, when=idle_expired,
+           label="idle expired, not in use", effects=(CallUnload,)),
+        on(T.OBSERVED, S.LOADED, do=track_use),
+        on(T.OBSERVED, S.VALIDATING, do=evicted, when=model_gone, label="model gone"),
+        on(T.OBSERVED, S.VALIDATING, do=track_use),
+        on(T.OBSERVED, S.LOADING, do=note_target_missing),
+        on(T.OBSERVED, S.IDLE, S.UNLOADING, S.ERROR),
+        on(T.USE, *EVERY, do=count_use),
     ),
-    *(Rule(T.LOAD, s, None, keep, same_target, "same model") for s in (S.VALIDATING, S.LOADING)),
-    Rule(T.UNLOAD, S.LOADED, S.UNLOADING, call_unload, effects=(CallUnload,)),
-    *(
-        Rule(T.UNLOAD, s, S.UNLOADING, call_unload, holds_stray, "stray model", (CallUnload,))
-        for s in (S.IDLE, S.ERROR)
-    ),
-    Rule(T.UNLOAD, S.ERROR, S.IDLE, clear_error),
-    Rule(T.UNLOAD, S.IDLE, None, clear_error),
-    Rule(T.RESET, S.ERROR, S.IDLE, forget),
-    *(Rule(T.RESET, s, None, forget) for s in (S.IDLE, S.LOADED)),
-    # validation: the only path to the load effect is a pass (ADR-0007 §1)
-    Rule(T.VALIDATED, S.VALIDATING, S.LOADING, call_load, passed, "passed", (CallLoad,)),
-    Rule(
-        T.VALIDATED, S.VALIDATING, S.LOADED, refuse_swap, failed_holding_model, "failed, model kept"
-    ),
-    Rule(T.VALIDATED, S.VALIDATING, S.ERROR, refuse_swap, failed, "failed"),
-    # loading, with its state timer (ADR-0007 §3)
-    Rule(
-        T.LOAD_SUCCEEDED, S.LOADING, S.IDLE, evicted_after_load, evicted_on_arrival, "evicted since"
-    ),
-    Rule(T.LOAD_SUCCEEDED, S.LOADING, S.LOADED, loaded),
-    Rule(T.LOAD_FAILED, S.LOADING, S.ERROR, load_failed),
-    Rule(T.LOAD_TIMEOUT, S.LOADING, S.ERROR, load_failed),
-    # unloading (and, in a settled state, the unload of a stray)
-    Rule(T.UNLOADED, S.UNLOADING, S.IDLE, unloaded),
-    Rule(T.UNLOAD_FAILED, S.UNLOADING, S.ERROR, unload_failed),
-    *(Rule(T.UNLOADED, s, None, stray_unloaded, is_stray, "stray gone") for s in _SETTLED_ORDER),
-    *(Rule(T.UNLOADED, s, None, keep) for s in _SETTLED_ORDER),
-    *(Rule(T.UNLOAD_FAILED, s, None, keep) for s in _SETTLED_ORDER),
-    # observations of the server (ADR-0007 §2)
-    Rule(T.OBSERVED, S.LOADED, S.IDLE, evicted, model_gone, "model gone"),
-    Rule(
-        T.OBSERVED,
-        S.LOADED,
-        S.UNLOADING,
-        idle_unload,
-        idle_expired,
-        "idle expired, not in use",
-        (CallUnload,),
-    ),
-    *(
-        Rule(T.OBSERVED, s, None, unload_stray, stray_seen, "stray seen", (CallUnload,))
-        for s in _SETTLED_ORDER
-    ),
-    Rule(T.OBSERVED, S.LOADED, None, track_use),
-    Rule(T.OBSERVED, S.VALIDATING, None, evicted, model_gone, "model gone"),
-    Rule(T.OBSERVED, S.VALIDATING, None, track_use),
-    Rule(T.OBSERVED, S.LOADING, None, note_target_missing),
-    *(Rule(T.OBSERVED, s, None, keep) for s in (S.IDLE, S.UNLOADING, S.ERROR)),
-    *(Rule(T.USE, s, None, count_use) for s in _EVERY_STATE),
+    (),
 )
-"""Every transition of a slot, in the order their guards are tried."""
+# fmt: on
+"""Every transition of a slot.  For one state and trigger, the guarded rules are
+tried in the order written and the unguarded one last."""
 
 POSTPONED: frozenset[tuple[SlotState, Trigger]] = frozenset(
     (state, trigger)
@@ -504,180 +415,3 @@ POSTPONED: frozenset[tuple[SlotState, Trigger]] = frozenset(
     if trigger.is_command
 )
 """Commands that wait while the slot is busy, offered again after each state change."""
-
-
-# -- running it -------------------------------------------------------------------------
-
-
-class Outcome(enum.StrEnum):
-    """What became of one event."""
-
-    TAKEN = "taken"
-    POSTPONED = "postponed"
-    REFUSED = "refused"
-
-
-@attrs.frozen
-class Step:
-    """The result of feeding one event to one slot."""
-
-    outcome: Outcome
-    source: SlotState
-    dest: SlotState
-    rule: Rule | None = None
-    effects: tuple[Effect, ...] = ()
-    reason: str = ""
-
-    @property
-    def changed_state(self) -> bool:
-        """True when the slot left its state (state-owned work must stop)."""
-        return (
-            self.outcome is Outcome.TAKEN and self.rule is not None and self.rule.dest is not None
-        )
-
-    @property
-    def notable(self) -> bool:
-        """True when the rule taken is notable (see :attr:`Rule.notable`)."""
-        return self.outcome is Outcome.TAKEN and self.rule is not None and self.rule.notable
-
-
-class SlotMachine:
-    """One slot as the shared machine sees it: a state, data and configuration."""
-
-    state: SlotState
-
-    def __init__(self, config: SlotConfig, data: SlotData | None = None) -> None:
-        self.config = config
-        self.data = data if data is not None else SlotData()
-        self.fired: tuple[Rule, SlotData, tuple[Effect, ...]] | None = None
-
-
-class Rulebook:
-    """Runs :data:`RULES` for any number of slots through one ``transitions.Machine``.
-
-    The machine checks that every state change follows a declared transition
-    and picks the first rule whose guard holds; each rule's update is computed
-    before the state changes (a raising update leaves the slot as it was) and
-    applied after.  One shared machine keeps each slot small; slots join with
-    :meth:`attach`.  It is synchronous: the actor owns all concurrency.
-    """
-
-    def __init__(
-        self,
-        rules: Iterable[Rule] = RULES,
-        postponed: frozenset[tuple[SlotState, Trigger]] = POSTPONED,
-    ) -> None:
-        self.rules = tuple(rules)
-        self.postponed = postponed
-        self._by_key: dict[tuple[SlotState, Trigger], tuple[Rule, ...]] = {}
-        for rule in self.rules:
-            key = (rule.source, rule.trigger)
-            self._by_key[key] = (*self._by_key.get(key, ()), rule)
-        # Pairs whose only rule is an unguarded no-op: taken without running the machine.
-        self._inert = {
-            key: rules[0]
-            for key, rules in self._by_key.items()
-            if len(rules) == 1 and rules[0] == Rule(key[1], key[0], None, keep)
-        }
-        self._machine = _SharedMachine(
-            model=None,
-            states=SlotState,
-            initial=SlotState.IDLE,
-            auto_transitions=False,
-            send_event=True,
-        )
-        for rule in self.rules:
-            self._machine.add_transition(
-                rule.trigger.value,
-                rule.source,
-                rule.dest,
-                conditions=[_guard_callback(rule)] if rule.guard else [],
-                before=[_prepare_callback(rule)],
-                after=[_apply],
-            )
-
-    def attach(self, slot: SlotMachine, state: SlotState = SlotState.IDLE) -> None:
-        """Put ``slot`` under this rulebook, starting in ``state``."""
-        self._machine.add_model(slot, initial=state)
-
-    def detach(self, slot: SlotMachine) -> None:
-        """Release ``slot`` from the machine."""
-        self._machine.remove_model(slot)
-
-    def outcome(self, state: SlotState, trigger: Trigger) -> Outcome:
-        """What ``trigger`` meets in ``state`` before guards are asked.
-
-        ``TAKEN`` means rules exist; if none of their guards holds, the event
-        is postponed when the pair is in :data:`POSTPONED`, else refused.
-        """
-        if (state, trigger) in self._by_key:
-            return Outcome.TAKEN
-        if (state, trigger) in self.postponed:
-            return Outcome.POSTPONED
-        return Outcome.REFUSED
-
-    def rules_for(self, state: SlotState, trigger: Trigger) -> tuple[Rule, ...]:
-        """The rules tried, in order, for ``trigger`` in ``state``."""
-        return self._by_key.get((state, trigger), ())
-
-    def step(self, slot: SlotMachine, event: Event) -> Step:
-        """Feed ``event`` to ``slot``: change its state and data, return the effects."""
-        source = slot.state
-        trigger = event.trigger
-        kind = self.outcome(source, trigger)
-        if kind is Outcome.POSTPONED:
-            return Step(kind, source, source, reason=f"{trigger} waits while {source}")
-        if kind is Outcome.REFUSED:
-            return Step(kind, source, source, reason=f"{trigger} does not apply in {source}")
-        inert = self._inert.get((source, trigger))
-        if inert is not None:
-            return Step(Outcome.TAKEN, source, source, inert)
-        slot.fired = None
-        if not self._machine.events[trigger.value].trigger(slot, event=event):
-            if (source, trigger) in self.postponed:
-                return Step(Outcome.POSTPONED, source, source, reason=f"{trigger} waits")
-            return Step(
-                Outcome.REFUSED, source, source, reason=f"no guard holds for {trigger} in {source}"
-            )
-        assert slot.fired is not None
-        rule, _, effects = slot.fired
-        return Step(Outcome.TAKEN, source, slot.state, rule, effects)
-
-
-class _SharedMachine(Machine):
-    """A ``Machine`` that binds no convenience methods onto its models.
-
-    ``transitions`` normally gives every model ``load()``, ``may_load()``,
-    ``is_idle()`` ... for each trigger and state: a few kilobytes per slot that
-    nothing here uses, since :meth:`Rulebook.step` fires events directly.
-    """
-
-    def _checked_assignment(self, model: object, name: str, func: object) -> None:
-        return None
-
-
-def _guard_callback(rule: Rule) -> Callable[[Any], bool]:
-    guard = rule.guard
-    assert guard is not None
-
-    def condition(event_data: Any) -> bool:
-        slot: SlotMachine = event_data.model
-        return guard(slot.data, slot.config, event_data.kwargs["event"])
-
-    condition.__name__ = guard.__name__
-    return condition
-
-
-def _prepare_callback(rule: Rule) -> Callable[[Any], None]:
-    def prepare(event_data: Any) -> None:
-        slot: SlotMachine = event_data.model
-        data, effects = rule.update(slot.data, slot.config, event_data.kwargs["event"])
-        slot.fired = (rule, data, effects)
-
-    return prepare
-
-
-def _apply(event_data: Any) -> None:
-    slot: SlotMachine = event_data.model
-    assert slot.fired is not None
-    slot.data = slot.fired[1]

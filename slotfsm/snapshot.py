@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from slotfsm.errors import Failure
-from slotfsm.rules import SlotState
+from slotfsm.states import SlotState
 
 __all__ = ["SlotSnapshot", "SlotTransition"]
 
@@ -39,11 +39,14 @@ class SlotSnapshot:
     After a load, check ``model`` and ``error`` as well as ``state``: a swap
     refused by validation leaves the slot ``LOADED`` with its old ``model`` and
     the validation failure in ``error``.  ``target`` is the model being
-    validated or loaded; ``stray`` a model the server may hold on the slot's
-    behalf that it does not manage (a load that timed out, an unload that
-    failed: it is unloaded when seen, by ``unload``, or forgotten by ``reset``);
-    ``in_use`` counts callers inside ``Controller.in_use``; ``history`` holds the
-    slot's most recent transitions, oldest first.
+    validated or loaded.  From the controller's ledger: ``leaving`` names the
+    models the slot is unloading (a swap's old model stays the slot's until
+    its unload is answered); ``cleanups`` the models the slot's work may have
+    left on the server with nobody managing them (a load that timed out and
+    may still arrive, an answer that was lost) — they are unloaded when they
+    show up, no ``reset`` forgets them, and no other slot can load them
+    meanwhile.  ``in_use`` counts callers inside ``Controller.in_use``;
+    ``history`` holds the slot's most recent transitions, oldest first.
     """
 
     slot: str
@@ -51,7 +54,13 @@ class SlotSnapshot:
     model: str | None = None
     error: Failure | None = None
     target: str | None = None
-    stray: str | None = None
+    leaving: tuple[str, ...] = ()
+    cleanups: tuple[str, ...] = ()
     since: float = 0.0
     in_use: int = 0
     history: tuple[SlotTransition, ...] = ()
+
+    @property
+    def stray(self) -> str | None:
+        """The first of :attr:`cleanups`, or ``None``."""
+        return self.cleanups[0] if self.cleanups else None

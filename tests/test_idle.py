@@ -26,7 +26,7 @@ from slotfsm import (
     SlotState,
 )
 from slotfsm.events import Load, LoadSucceeded, Observed, Unloaded, UseChanged, Validated
-from slotfsm.rules import Rulebook, SlotMachine
+from slotfsm.rulebook import Rulebook, SlotMachine
 from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
 
 pytestmark = pytest.mark.anyio

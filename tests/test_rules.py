@@ -26,16 +26,9 @@ from slotfsm.events import (
     UseChanged,
     Validated,
 )
-from slotfsm.rules import (
-    POSTPONED,
-    RULES,
-    Outcome,
-    Rulebook,
-    SlotData,
-    SlotMachine,
-    idle_expired,
-    model_gone,
-)
+from slotfsm.rulebook import Outcome, Rulebook, SlotMachine
+from slotfsm.rules import POSTPONED, RULES, idle_expired, model_gone
+from slotfsm.states import SlotData
 from slotfsm.testing import strategies
 
 NAMES = ("alpha", "beta", "gamma")

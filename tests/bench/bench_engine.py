@@ -33,7 +33,7 @@ from slotfsm.actor import SlotActor
 from slotfsm.events import Load, LoadSucceeded, Unload, Unloaded, Validated
 from slotfsm.lemonade import Health, LoadResult
 from slotfsm.registry import ModelEntry
-from slotfsm.rules import Rulebook, SlotMachine
+from slotfsm.rulebook import Rulebook, SlotMachine
 from slotfsm.testing import FakeLemonade, FakeModel
 from slotfsm.testing.files import write_model
 

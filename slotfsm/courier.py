@@ -1,0 +1,143 @@
+"""The courier: sends ``/load`` and ``/unload`` for the slots, and keeps listening.
+
+A slot that stops waiting for an answer — its load timer fired, or it was
+cancelled — does not stop the request: the server goes on with it either way
+(a real Lemonade finishes a load whose client went away).  So every request
+runs in a task of the controller's, not of the slot's, and its answer always
+reaches the ledger (:mod:`slotfsm.ledger`).  A load that lands after its slot
+gave up is unloaded at once: it was never adopted (ADR-0007 §3).
+
+The courier never retries a ``/load``.  The one request it sends on its own
+is the clean-up ``/unload`` of a name nobody owns, by name, never empty.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from slotfsm.config import LoadOption
+from slotfsm.ledger import Answer, Ledger, Ticket
+from slotfsm.lemonade import LemonadeClient, LemonadeError, ServerHTTPError
+
+__all__ = ["Courier", "Outcome"]
+
+logger = logging.getLogger("slotfsm")
+
+Outcome = tuple[Answer, LemonadeError | None]
+"""How a request ended, and the client's error when it did not succeed."""
+
+
+def _classify(exc: LemonadeError) -> Answer:
+    if isinstance(exc, ServerHTTPError):
+        return Answer.REFUSED
+    if isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
+        return Answer.NEVER_SENT
+    return Answer.LOST
+
+
+class Courier:
+    """Runs requests in ``task_group`` and reports every answer to ``ledger``."""
+
+    def __init__(
+        self,
+        client: LemonadeClient,
+        ledger: Ledger,
+        task_group: Callable[[], TaskGroup],
+        cleaned: Callable[[str, str | None], None] = lambda name, origin: None,
+    ) -> None:
+        self._client = client
+        self._cleaned = cleaned
+        self._ledger = ledger
+        self._task_group = task_group
+        self._cleaning: dict[str, anyio.Event] = {}
+        self._origins: dict[str, str | None] = {}
+        self.cleanups = 0
+        """How many clean-up ``/unload`` requests were sent."""
+
+    async def load(self, slot: str, name: str, options: Mapping[str, LoadOption]) -> Outcome:
+        """Send ``/load`` for ``slot`` and wait for its answer.
+
+        If the wait is cancelled, the request goes on; its answer is still
+        recorded, and a model it brings up is cleaned up.  A clean-up of the
+        same name in flight is waited for first, so it cannot undo this load.
+        """
+        cleaning = self._cleaning.get(name)
+        if cleaning is not None:
+            await cleaning.wait()
+        ticket = self._ledger.sent(name, slot, "load")
+        send = functools.partial(self._client.load, name, **options)
+        return await self._wait(ticket, send)
+
+    async def unload(self, slot: str, name: str) -> Outcome:
+        """Send ``/unload`` of ``name`` for ``slot`` and wait for its answer."""
+        ticket = self._ledger.sent(name, slot, "unload")
+        return await self._wait(ticket, functools.partial(self._client.unload, name))
+
+    def clean_up(self, name: str) -> None:
+        """Unload ``name``, which nobody owns, in the background (never waited for).
+
+        When the server unloaded it, ``cleaned(name, origin)`` reports it.
+        """
+        entry = self._ledger.get(name)
+        if entry is None or entry.owner is not None or entry.cleaning:
+            return
+        ticket = self._ledger.sent(name, None, "unload")
+        ticket.abandoned = True
+        self._cleaning[name] = anyio.Event()
+        self._origins[name] = entry.origin
+        self.cleanups += 1
+        logger.info("unloading %s: the server may hold it and no slot owns it", name)
+        send = functools.partial(self._client.unload, name)
+        self._task_group().start_soon(self._run, ticket, send, None)
+
+    async def _wait(self, ticket: Ticket, request: Callable[[], Awaitable[object]]) -> Outcome:
+        done = anyio.Event()
+        box: list[Outcome] = []
+        self._task_group().start_soon(self._run, ticket, request, (done, box))
+        try:
+            await done.wait()
+        except BaseException:
+            self._ledger.abandoned(ticket)
+            raise
+        return box[0]
+
+    async def _run(
+        self,
+        ticket: Ticket,
+        request: Callable[[], Awaitable[object]],
+        waiter: tuple[anyio.Event, list[Outcome]] | None,
+    ) -> None:
+        outcome: Outcome
+        try:
+            result = await request()
+        except LemonadeError as exc:
+            outcome = (_classify(exc), exc)
+        except anyio.get_cancelled_exc_class():
+            # The controller is closing: the answer stays unknown, and the
+            # state file records the request as still in flight.
+            raise
+        except Exception as exc:  # a defect: the outcome is unknown
+            logger.exception("%s of %s raised", ticket.kind, ticket.name)
+            outcome = (Answer.LOST, LemonadeError(ticket.kind, repr(exc)))
+        else:
+            answer = Answer.NOT_LOADED if result is False else Answer.DONE
+            outcome = (answer, None)
+        if self._ledger.answered(ticket, outcome[0]):
+            self.clean_up(ticket.name)
+        if ticket.slot is None and outcome[1] is not None:
+            logger.warning("clean-up unload of %s failed: %s", ticket.name, outcome[1])
+        if ticket.slot is None:
+            self._cleaning.pop(ticket.name).set()
+            if outcome[0] is Answer.DONE:
+                self._cleaned(ticket.name, self._origins.pop(ticket.name, None))
+            else:
+                self._origins.pop(ticket.name, None)
+        if waiter is not None:
+            waiter[1].append(outcome)
+            waiter[0].set()

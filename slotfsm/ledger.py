@@ -1,0 +1,403 @@
+"""The residency ledger: every model the server may hold because of us.
+
+One ledger per controller, keyed by the server's canonical model name (the
+name ``/health`` lists).  For each name it knows the owning slot (at most
+one, by construction: it is one field) and what the server may be doing with
+the name because of requests we sent (ADR-0007 §4):
+
+* the owner's phase: ``loading`` (its ``/load`` is in flight), ``held``, or
+  ``leaving`` (its ``/unload`` is in flight — a swap's old model stays owned
+  by the swapping slot until that unload is answered);
+* **arrivals**: ``/load`` requests a slot gave up on (a timeout, a cancel)
+  that are still in flight.  Each one is counted: two abandoned loads of the
+  same model are two arrivals, and each may bring the model up;
+* **stray**: the name may be on the server with nobody managing it (an
+  arrival that landed, an answer that was lost, an unload that failed).
+
+A name leaves the ledger only on proof: an ``/unload`` answered 200 or 404
+while no ``/load`` of it is still in flight, or a ``/health`` reading sent
+after every request for it was answered that does not list it.  A request
+refused at connect time never happened and proves nothing either way.
+
+The ledger is pure bookkeeping: it does no I/O and never waits.  The courier
+(:mod:`slotfsm.courier`) sends the requests and reports their answers here;
+each slot's actor reports what its slot owns after every step.  Everything
+runs on one event loop, and no method awaits, so each call is atomic.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+from slotfsm.errors import ModelInUseError
+
+if TYPE_CHECKING:
+    from slotfsm.lemonade import Health
+
+__all__ = ["Answer", "Entry", "Ledger", "Phase", "Ticket"]
+
+
+class Phase(enum.StrEnum):
+    """What the owning slot is doing with a name."""
+
+    LOADING = "loading"
+    HELD = "held"
+    LEAVING = "leaving"
+
+
+class Answer(enum.Enum):
+    """How a ``/load`` or ``/unload`` request ended, as far as the server is concerned."""
+
+    DONE = "done"
+    """200: the load happened / the model is unloaded."""
+    NOT_LOADED = "not_loaded"
+    """``/unload`` answered 404 "Model not loaded": not loaded (yet)."""
+    REFUSED = "refused"
+    """Any other answer from the server: the request did not do what it asked."""
+    LOST = "lost"
+    """Sent, but no answer came (dropped connection, timeout): outcome unknown."""
+    NEVER_SENT = "never_sent"
+    """Refused at connect time: the server never saw the request."""
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """One request in flight for ``name``, sent for ``slot`` (``None``: the clean-up)."""
+
+    name: str
+    slot: str | None
+    kind: str  # "load" or "unload"
+    abandoned: bool = False
+    answer: Answer | None = None
+
+
+@attrs.define
+class Entry:
+    """What the ledger knows about one canonical model name."""
+
+    name: str
+    owner: str | None = None
+    phase: Phase | None = None
+    origin: str | None = None
+    """For a name with no owner: the slot whose work left it behind."""
+    loads: int = 0
+    """``/load`` requests of this name in flight (an owner's and abandoned ones)."""
+    unloads: int = 0
+    """``/unload`` requests of this name in flight."""
+    arrivals: int = 0
+    """Abandoned ``/load`` requests still in flight (counted in ``loads`` too)."""
+    stray: bool = False
+    """The server may hold it with nobody managing it: it is cleaned up when seen."""
+    restored: bool = False
+    """Recorded by an earlier controller as possibly arriving: settled by our next answered load."""
+    cleaning: bool = False
+    """The clean-up ``/unload`` is in flight."""
+    settled_seq: int = 0
+    """The sequence number taken when the latest request for the name was answered."""
+    tries: int = 0
+    skip: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Requests of this name in flight."""
+        return self.loads + self.unloads
+
+    @property
+    def owed(self) -> bool:
+        """No owner, but the server may hold (or still bring up) the name because of us."""
+        return self.owner is None and (
+            self.stray or self.arrivals > 0 or self.restored or self.pending > 0
+        )
+
+
+class Ledger:
+    """Every model the server may hold because of us, by canonical name (ADR-0007 §4).
+
+    ``sequence`` is the controller's sequence counter, shared with the
+    ``/health`` readings so that a reading can be ordered against answers.
+    ``changed`` is called after every change (the state file listens).
+    """
+
+    def __init__(
+        self, sequence: Callable[[], int], changed: Callable[[], None] | None = None
+    ) -> None:
+        self._entries: dict[str, Entry] = {}
+        self._reserved: Counter[tuple[str, str]] = Counter()
+        self._sequence = sequence
+        self._changed = changed or (lambda: None)
+
+    # -- reading ---------------------------------------------------------------
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str) -> Entry | None:
+        """The entry for ``name``, or ``None``."""
+        return self._entries.get(name)
+
+    def entries(self) -> Mapping[str, Entry]:
+        """Every entry, by name (a live view: do not change it)."""
+        return self._entries
+
+    def owner_of(self, name: str) -> str | None:
+        """The slot that owns ``name``, or ``None``."""
+        entry = self._entries.get(name)
+        return entry.owner if entry is not None else None
+
+    def owned_by(self, slot: str, phase: Phase | None = None) -> tuple[str, ...]:
+        """The names ``slot`` owns (in ``phase``, when given)."""
+        return tuple(
+            e.name
+            for e in self._entries.values()
+            if e.owner == slot and (phase is None or e.phase is phase)
+        )
+
+    def cleanups_of(self, slot: str) -> tuple[str, ...]:
+        """Names ``slot``'s work left on the server (or on its way) with no owner."""
+        return tuple(e.name for e in self._entries.values() if e.owed and e.origin == slot)
+
+    def owed(self) -> tuple[str, ...]:
+        """Every name the server may hold because of us that no slot owns."""
+        return tuple(e.name for e in self._entries.values() if e.owed)
+
+    # -- claims -------------------------------------------------------------------
+
+    def check_claim(self, slot: str, name: str) -> None:
+        """Raise :class:`ModelInUseError` unless ``slot`` may take ``name``.
+
+        Another slot may own it, have a load of it queued, have left it on the
+        server (an arrival or a stray not yet cleaned up), or its clean-up may
+        be under way.  The slot that left a name behind may take it again.
+        """
+        for (other, model), count in self._reserved.items():
+            if model == name and other != slot and count:
+                raise ModelInUseError(f"model {name!r} is in use by slot {other!r}")
+        entry = self._entries.get(name)
+        if entry is None:
+            return
+        if entry.owner is not None and entry.owner != slot:
+            raise ModelInUseError(f"model {name!r} is in use by slot {entry.owner!r}")
+        if (entry.owed or entry.cleaning) and entry.origin not in (None, slot):
+            raise ModelInUseError(
+                f"slot {entry.origin!r} may still have model {name!r} on the server"
+                " (a load that timed out or whose answer was lost); it is unloaded when it"
+                " shows up"
+            )
+
+    def reserve(self, slot: str, name: str) -> None:
+        """Hold ``name`` for a load command of ``slot`` until the slot answers it."""
+        self.check_claim(slot, name)
+        self._reserved[slot, name] += 1
+
+    def release(self, slot: str, name: str) -> None:
+        """The load command of ``slot`` for ``name`` was answered."""
+        self._reserved[slot, name] -= 1
+        if self._reserved[slot, name] <= 0:
+            del self._reserved[slot, name]
+
+    # -- what a slot owns ---------------------------------------------------------
+
+    def sync(
+        self,
+        slot: str,
+        *,
+        held: str | None = None,
+        loading: str | None = None,
+        leaving: str | None = None,
+    ) -> None:
+        """Record what ``slot`` owns after a step of its actor.
+
+        Names the slot no longer mentions are released: they leave the
+        ledger unless a request for them is in flight or they may be on the
+        server (then they stay, ownerless, to be cleaned up).  A name still
+        leaving — its ``/unload`` unanswered — stays owned until the answer.
+        """
+        wanted = {n: p for n, p in ((held, Phase.HELD), (loading, Phase.LOADING)) if n}
+        if leaving:
+            wanted[leaving] = Phase.LEAVING
+        touched = False
+        for entry in list(self._entries.values()):
+            if entry.owner != slot or entry.name in wanted:
+                continue
+            if entry.phase is Phase.LEAVING and entry.unloads:
+                continue  # owned until its unload is answered
+            entry.owner, entry.phase, entry.origin = None, None, slot
+            self._settle(entry)
+            touched = True
+        for name, phase in wanted.items():
+            entry = self._entries.setdefault(name, Entry(name))
+            if entry.owner is not None and entry.owner != slot:  # guarded by check_claim
+                raise ModelInUseError(f"model {name!r} is owned by slot {entry.owner!r}")
+            if entry.owner != slot or entry.phase is not phase:
+                entry.owner, entry.phase, entry.origin = slot, phase, None
+                if phase is Phase.HELD:
+                    entry.stray = entry.restored = False
+                touched = True
+        if touched:
+            self._changed()
+
+    # -- requests -----------------------------------------------------------------
+
+    def sent(self, name: str, slot: str | None, kind: str) -> Ticket:
+        """A request is about to be sent; the returned ticket follows it."""
+        entry = self._entries.setdefault(name, Entry(name))
+        if kind == "load":
+            entry.loads += 1
+        else:
+            entry.unloads += 1
+            if slot is None:
+                entry.cleaning = True
+        self._changed()
+        return Ticket(name, slot, kind)
+
+    def abandoned(self, ticket: Ticket) -> None:
+        """The slot stopped waiting for ``ticket``'s answer (its timer fired, or a cancel).
+
+        An unanswered ``/load`` becomes an arrival: it may still bring the
+        model up.  An answered one that did load the model leaves it stray.
+        """
+        if ticket.abandoned:
+            return
+        ticket.abandoned = True
+        entry = self._entries.get(ticket.name)
+        if entry is None:
+            return
+        if ticket.answer is None:
+            if ticket.kind == "load":
+                entry.arrivals += 1
+        elif ticket.kind == "load" and ticket.answer in (Answer.DONE, Answer.LOST):
+            entry.stray = True
+        self._changed()
+
+    def answered(self, ticket: Ticket, answer: Answer) -> bool:
+        """Record the answer to ``ticket``; True when the name now needs a clean-up.
+
+        A clean-up is needed when a load landed that no slot holds or is
+        loading (an abandoned load that arrived late).
+        """
+        ticket.answer = answer
+        entry = self._entries.get(ticket.name)
+        if entry is None:  # cannot happen: an entry with a request in flight stays
+            return False
+        if answer is not Answer.NEVER_SENT:
+            entry.settled_seq = self._sequence()
+        if ticket.kind == "load":
+            entry.loads -= 1
+            if ticket.abandoned:
+                entry.arrivals -= 1
+            if answer in (Answer.DONE, Answer.REFUSED):
+                self._loads_answered(entry.settled_seq)
+            if answer in (Answer.DONE, Answer.LOST):
+                entry.stray = (
+                    True  # on the server (or may be): only its owner holding it clears this
+                )
+        else:
+            entry.unloads -= 1
+            if ticket.slot is None:
+                entry.cleaning = False
+            if answer in (Answer.DONE, Answer.NOT_LOADED) and entry.loads == 0:
+                entry.stray = False
+                entry.tries = 0
+            elif answer in (Answer.REFUSED, Answer.LOST):
+                entry.stray = True
+                if ticket.slot is None:
+                    entry.tries += 1
+                    entry.skip = 2 ** min(entry.tries, 5) - 1
+            if entry.phase is Phase.LEAVING and not entry.unloads and entry.owner is not None:
+                if answer in (Answer.DONE, Answer.NOT_LOADED):
+                    pass  # the owner's step (Unloaded) releases it
+                elif ticket.abandoned:  # the slot gave up on it: nobody manages it now
+                    entry.origin, entry.owner, entry.phase = entry.owner, None, None
+        needs_cleanup = entry.owner is None and answer is Answer.DONE and ticket.kind == "load"
+        self._settle(entry)
+        self._changed()
+        return needs_cleanup
+
+    def _loads_answered(self, seq: int) -> None:
+        """Loads are served one at a time: an answered load settles every earlier one."""
+        for entry in self._entries.values():
+            if entry.restored:
+                entry.restored = False
+                entry.stray = True  # it may have landed: the next reading decides
+                entry.settled_seq = max(entry.settled_seq, seq)
+
+    # -- readings -------------------------------------------------------------------
+
+    def observed(self, health: Health, seq: int) -> tuple[str, ...]:
+        """Compare ownerless names with a ``/health`` reading sent at ``seq``.
+
+        Returns the names to clean up now (listed, nobody owns them, no
+        unload in flight).  A name not listed, with no request in flight
+        since before the reading was sent, leaves the ledger: proof.
+        """
+        cleanups: list[str] = []
+        touched = False
+        for entry in list(self._entries.values()):
+            if entry.owner is not None:
+                continue
+            if entry.name in health:
+                if entry.unloads or entry.cleaning:
+                    continue
+                if entry.skip:
+                    entry.skip -= 1
+                    continue
+                cleanups.append(entry.name)
+            elif not entry.pending and not entry.restored and seq > entry.settled_seq:
+                entry.stray = False
+                self._settle(entry)
+                touched = True
+        if touched:
+            self._changed()
+        return tuple(cleanups)
+
+    def _settle(self, entry: Entry) -> None:
+        """Drop ``entry`` if nothing about it is left to prove."""
+        if entry.owner is None and not entry.owed and not entry.cleaning:
+            self._entries.pop(entry.name, None)
+
+    # -- the state file -----------------------------------------------------------
+
+    def records(self) -> dict[str, dict[str, object]]:
+        """What a restarted controller must know, as plain JSON values."""
+        out: dict[str, dict[str, object]] = {}
+        for name, e in sorted(self._entries.items()):
+            record: dict[str, object] = {}
+            if e.owner is not None and e.phase is not None:
+                record["owner"] = e.owner
+                record["phase"] = e.phase.value
+            if e.owed:
+                record["origin"] = e.origin
+                record["arrivals"] = e.arrivals + (1 if e.restored else 0)
+                record["stray"] = e.stray or e.pending > 0
+            if record:
+                out[name] = record
+        return out
+
+    def restore(self, records: Iterable[tuple[str, str | None, bool, bool]]) -> None:
+        """Take over what an earlier controller left: ``(name, origin, arriving, stray)``.
+
+        Nothing is owned after a restart until a slot resumes it; each name
+        is owed, cleaned up when seen, and leaves on proof.
+        """
+        for name, origin, arriving, stray in records:
+            entry = self._entries.setdefault(name, Entry(name))
+            entry.origin = entry.origin or origin
+            entry.restored = entry.restored or arriving
+            entry.stray = entry.stray or stray or not arriving
+
+    def check(self) -> None:
+        """Assert the ledger's own invariants (for tests)."""
+        for name, e in self._entries.items():
+            assert e.name == name
+            assert min(e.loads, e.unloads, e.arrivals) >= 0, e
+            assert e.arrivals <= e.loads, e
+            assert (e.owner is None) == (e.phase is None), e
+            assert e.owner is not None or e.owed or e.cleaning, e

@@ -1,0 +1,208 @@
+"""The rulebook: runs :data:`slotfsm.rules.RULES` for any number of slots.
+
+Every event has a defined outcome in every state (see :meth:`Rulebook.outcome`):
+
+* **taken** by the first rule whose guard holds (a rule with ``dest=None`` is
+  internal: the state stays, only the data changes);
+* **postponed** (:data:`~slotfsm.rules.POSTPONED`) — a command that arrives
+  while the slot is busy waits, like gen_statem's postpone, and is offered
+  again after the next state change;
+* **refused** with a reason — a work result for a state the slot has left.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from transitions import Machine
+
+from slotfsm.config import SlotConfig
+from slotfsm.errors import ConfigError
+from slotfsm.events import Effect, Event, Trigger
+from slotfsm.rules import POSTPONED, RULES, Rule, keep
+from slotfsm.states import SlotData, SlotState
+
+__all__ = ["Outcome", "Rulebook", "SlotMachine", "Step"]
+
+
+class Outcome(enum.StrEnum):
+    """What became of one event."""
+
+    TAKEN = "taken"
+    POSTPONED = "postponed"
+    REFUSED = "refused"
+
+
+@attrs.frozen
+class Step:
+    """The result of feeding one event to one slot."""
+
+    outcome: Outcome
+    source: SlotState
+    dest: SlotState
+    rule: Rule | None = None
+    effects: tuple[Effect, ...] = ()
+    reason: str = ""
+
+    @property
+    def changed_state(self) -> bool:
+        """True when the slot left its state (state-owned work must stop)."""
+        return (
+            self.outcome is Outcome.TAKEN and self.rule is not None and self.rule.dest is not None
+        )
+
+    @property
+    def notable(self) -> bool:
+        """True when the rule taken is notable (see :attr:`Rule.notable`)."""
+        return self.outcome is Outcome.TAKEN and self.rule is not None and self.rule.notable
+
+
+class SlotMachine:
+    """One slot as the shared machine sees it: a state, data and configuration."""
+
+    state: SlotState
+
+    def __init__(self, config: SlotConfig, data: SlotData | None = None) -> None:
+        self.config = config
+        self.data = data if data is not None else SlotData()
+        self.fired: tuple[Rule, SlotData, tuple[Effect, ...]] | None = None
+
+
+class Rulebook:
+    """Runs :data:`RULES` for any number of slots through one ``transitions.Machine``.
+
+    The machine checks that every state change follows a declared transition
+    and picks the first rule whose guard holds; each rule's update is computed
+    before the state changes (a raising update leaves the slot as it was) and
+    applied after.  One shared machine keeps each slot small; slots join with
+    :meth:`attach`.  It is synchronous: the actor owns all concurrency.
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = RULES,
+        postponed: frozenset[tuple[SlotState, Trigger]] = POSTPONED,
+    ) -> None:
+        self.rules = tuple(rules)
+        self.postponed = postponed
+        self._by_key: dict[tuple[SlotState, Trigger], tuple[Rule, ...]] = {}
+        for rule in self.rules:
+            key = (rule.source, rule.trigger)
+            earlier = self._by_key.get(key, ())
+            if earlier and earlier[-1].guard is None:
+                raise ConfigError(
+                    f"rule table: an unguarded rule for {rule.trigger} in {rule.source}"
+                    " must come last (it would hide the rules after it)"
+                )
+            self._by_key[key] = (*earlier, rule)
+        # Pairs whose only rule is an unguarded no-op: taken without running the machine.
+        self._inert = {
+            key: rules[0]
+            for key, rules in self._by_key.items()
+            if len(rules) == 1 and rules[0] == Rule(key[1], key[0], None, keep)
+        }
+        self._machine = _SharedMachine(
+            model=None,
+            states=SlotState,
+            initial=SlotState.IDLE,
+            auto_transitions=False,
+            send_event=True,
+        )
+        for rule in self.rules:
+            self._machine.add_transition(
+                rule.trigger.value,
+                rule.source,
+                rule.dest,
+                conditions=[_guard_callback(rule)] if rule.guard else [],
+                before=[_prepare_callback(rule)],
+                after=[_apply],
+            )
+
+    def attach(self, slot: SlotMachine, state: SlotState = SlotState.IDLE) -> None:
+        """Put ``slot`` under this rulebook, starting in ``state``."""
+        self._machine.add_model(slot, initial=state)
+
+    def detach(self, slot: SlotMachine) -> None:
+        """Release ``slot`` from the machine."""
+        self._machine.remove_model(slot)
+
+    def outcome(self, state: SlotState, trigger: Trigger) -> Outcome:
+        """What ``trigger`` meets in ``state`` before guards are asked.
+
+        ``TAKEN`` means rules exist; if none of their guards holds, the event
+        is postponed when the pair is in :data:`POSTPONED`, else refused.
+        """
+        if (state, trigger) in self._by_key:
+            return Outcome.TAKEN
+        if (state, trigger) in self.postponed:
+            return Outcome.POSTPONED
+        return Outcome.REFUSED
+
+    def rules_for(self, state: SlotState, trigger: Trigger) -> tuple[Rule, ...]:
+        """The rules tried, in order, for ``trigger`` in ``state``."""
+        return self._by_key.get((state, trigger), ())
+
+    def step(self, slot: SlotMachine, event: Event) -> Step:
+        """Feed ``event`` to ``slot``: change its state and data, return the effects."""
+        source = slot.state
+        trigger = event.trigger
+        kind = self.outcome(source, trigger)
+        if kind is Outcome.POSTPONED:
+            return Step(kind, source, source, reason=f"{trigger} waits while {source}")
+        if kind is Outcome.REFUSED:
+            return Step(kind, source, source, reason=f"{trigger} does not apply in {source}")
+        inert = self._inert.get((source, trigger))
+        if inert is not None:
+            return Step(Outcome.TAKEN, source, source, inert)
+        slot.fired = None
+        if not self._machine.events[trigger.value].trigger(slot, event=event):
+            if (source, trigger) in self.postponed:
+                return Step(Outcome.POSTPONED, source, source, reason=f"{trigger} waits")
+            return Step(
+                Outcome.REFUSED, source, source, reason=f"no guard holds for {trigger} in {source}"
+            )
+        assert slot.fired is not None
+        rule, _, effects = slot.fired
+        return Step(Outcome.TAKEN, source, slot.state, rule, effects)
+
+
+class _SharedMachine(Machine):
+    """A ``Machine`` that binds no convenience methods onto its models.
+
+    ``transitions`` normally gives every model ``load()``, ``may_load()``,
+    ``is_idle()`` ... for each trigger and state: a few kilobytes per slot that
+    nothing here uses, since :meth:`Rulebook.step` fires events directly.
+    """
+
+    def _checked_assignment(self, model: object, name: str, func: object) -> None:
+        return None
+
+
+def _guard_callback(rule: Rule) -> Callable[[Any], bool]:
+    guard = rule.guard
+    assert guard is not None
+
+    def condition(event_data: Any) -> bool:
+        slot: SlotMachine = event_data.model
+        return guard(slot.data, slot.config, event_data.kwargs["event"])
+
+    condition.__name__ = guard.__name__
+    return condition
+
+
+def _prepare_callback(rule: Rule) -> Callable[[Any], None]:
+    def prepare(event_data: Any) -> None:
+        slot: SlotMachine = event_data.model
+        data, effects = rule.update(slot.data, slot.config, event_data.kwargs["event"])
+        slot.fired = (rule, data, effects)
+
+    return prepare
+
+
+def _apply(event_data: Any) -> None:
+    slot: SlotMachine = event_data.model
+    assert slot.fired is not None
+    slot.data = slot.fired[1]
