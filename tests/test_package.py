@@ -53,5 +53,16 @@ def test_library_code_uses_anyio_never_asyncio() -> None:
     assert offenders == []
 
 
+def test_library_code_uses_no_test_primitives() -> None:
+    """Only the testing kit may wait for "all tasks blocked"; product code waits on events."""
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "testing" not in path.relative_to(PACKAGE).parts
+        and "wait_all_tasks_blocked" in path.read_text()
+    ]
+    assert offenders == []
+
+
 def test_typed_marker_is_shipped() -> None:
     assert (PACKAGE / "py.typed").exists()
