@@ -92,6 +92,25 @@ def test_the_version_has_one_source() -> None:
     assert done.stdout == f"slotfsm {slotfsm.__version__}\n"
 
 
+def test_the_testing_kit_names_its_extra_when_hypothesis_is_missing() -> None:
+    extra = importlib.metadata.metadata("slotfsm").get_all("Requires-Dist") or []
+    assert any(r.startswith("hypothesis") and 'extra == "testing"' in r for r in extra)
+    without_hypothesis = "import sys\nsys.modules['hypothesis'] = None\n"
+    # The parts that need only the core dependencies import without it ...
+    kit = imported_by(without_hypothesis + "import slotfsm.testing, slotfsm.testing.files")
+    assert "slotfsm.testing.fake_lemonade" in kit
+    # ... and the strategies say what to install.
+    done = subprocess.run(
+        [sys.executable, "-c", without_hypothesis + "import slotfsm.testing.strategies"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("ImportError: ") and "pip install 'slotfsm[testing]'" in last
+
+
 def test_library_code_uses_anyio_never_asyncio() -> None:
     offenders = [
         str(path.relative_to(PACKAGE))
