@@ -93,8 +93,8 @@ def test_the_version_has_one_source() -> None:
 
 
 def test_the_testing_kit_names_its_extra_when_hypothesis_is_missing() -> None:
-    extra = importlib.metadata.metadata("slotfsm").get_all("Requires-Dist") or []
-    assert any(r.startswith("hypothesis") and 'extra == "testing"' in r for r in extra)
+    requires = importlib.metadata.metadata("slotfsm").get_all("Requires-Dist") or []
+    assert any(r.startswith("hypothesis") and 'extra == "testing"' in r for r in requires)
     without_hypothesis = "import sys\nsys.modules['hypothesis'] = None\n"
     # The parts that need only the core dependencies import without it ...
     kit = imported_by(without_hypothesis + "import slotfsm.testing, slotfsm.testing.files")
