@@ -6,16 +6,18 @@ per-slot timeout and is never retried, and idle models are unloaded on a
 policy of your choosing.  Start with :class:`Controller`.
 
 The names below are imported on first use, so ``import slotfsm`` (and the
-command line) stays cheap until a controller or a client is needed.
+command line) stays cheap until a controller or a client is needed: this
+module imports nothing beyond what the interpreter has already loaded.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-from typing import TYPE_CHECKING, Any
+import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
+    from typing import Any
+
     from slotfsm.config import SlotConfig
     from slotfsm.controller import Controller
     from slotfsm.errors import (
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from slotfsm.stream import TransitionStream
 
 __version__ = "0.1.0"
+"""The release, and the one place it is written (the build reads it from here)."""
 
 _HOMES = {
     "slotfsm.config": ["SlotConfig"],
@@ -129,7 +132,9 @@ def __getattr__(name: str) -> Any:
     module = _HOME_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'slotfsm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    _quiet_logger()
+    __import__(module)
+    value = getattr(sys.modules[module], name)
     globals()[name] = value
     return value
 
@@ -138,5 +143,14 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-# A library logs but never decides where logs go: silence the last-resort handler.
-logging.getLogger("slotfsm").addHandler(logging.NullHandler())
+def _quiet_logger() -> None:
+    """A library logs but never decides where logs go: silence the last-resort handler.
+
+    Done when the first public name is resolved rather than at import, so that
+    ``import slotfsm`` (and with it the command line) does not import logging.
+    """
+    import logging
+
+    logger = logging.getLogger("slotfsm")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())

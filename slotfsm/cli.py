@@ -2,8 +2,9 @@
 
 One small ``_add_<command>`` function per subcommand registers its arguments
 and its handler (``_run_<command>``); :func:`build_parser` calls them all.
-Handlers import what they need when they run, so importing this module stays
-cheap.
+Handlers import what they need when they run, so ``slotfsm --help`` and
+``--version`` cost little more than the interpreter's own start-up and
+``validate`` imports neither anyio nor httpx (``tests/bench/bench_cli.py``).
 
 Exit status: 0 on success, 1 when a model file fails validation, 2 for bad
 arguments or a bad registry, 130 when interrupted.
@@ -15,11 +16,17 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
 
+import slotfsm
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import TextIO, TypeAlias
+
     from slotfsm.registry import ModelEntry
+
+    Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
 __all__ = ["build_parser", "main"]
 
@@ -31,11 +38,32 @@ EXIT_INTERRUPTED = 130
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 """Files at least this large show hashing progress on a terminal."""
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 class UsageError(Exception):
     """Bad arguments found after parsing; exits with status 2."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized like ``shutil.get_terminal_size`` without importing shutil.
+
+    (shutil brings bz2, lzma and fnmatch along, a third of ``--help``'s cost.)
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slotfsm",
         description="Model-slot lifecycle for Lemonade Server.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"slotfsm {slotfsm.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_validate(commands)
     _add_diagram(commands)
@@ -75,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "validate",
+        formatter_class=_HelpFormatter,
         help="check a model file before it is loaded (size, GGUF magic, sha256)",
         description=(
             "Check a model file as a slot does before loading it (ADR-0007): "
@@ -206,6 +237,7 @@ def _mib(count: int) -> str:
 def _add_diagram(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "diagram",
+        formatter_class=_HelpFormatter,
         help="print the slot lifecycle, generated from the rulebook",
         description=(
             "Print the slot lifecycle as generated from the rulebook the engine runs: "
@@ -249,6 +281,7 @@ def _run_diagram(args: argparse.Namespace) -> int:
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
+        formatter_class=_HelpFormatter,
         help="run the whole lifecycle against the built-in fake Lemonade",
         description=(
             "Start the built-in fake Lemonade Server on a free loopback port and run a short "

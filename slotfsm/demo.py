@@ -104,27 +104,30 @@ async def run_demo(out: TextIO = sys.stdout, *, color: bool = False) -> list[str
                 lemonade_url=url, registry=Registry(entries), slots=slots, poll_interval=0.25
             ) as ctl:
                 story.start = anyio.current_time()
+                # Subscribed before the story starts, so the printer sees every
+                # transition; closing the stream lets it print what is left and end.
+                stream = ctl.transitions()
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_print_transitions, ctl, story)
-                    await anyio.wait_all_tasks_blocked()
-                    with anyio.fail_after(STEP_TIMEOUT * 6):
-                        await _tell(ctl, fake, story)
-                    tg.cancel_scope.cancel()
+                    tg.start_soon(_print_transitions, stream, story)
+                    try:
+                        with anyio.fail_after(STEP_TIMEOUT * 6):
+                            await _tell(ctl, fake, story)
+                    finally:
+                        stream.close()
                 _summary(ctl, fake, story)
     return story.diverged
 
 
-async def _print_transitions(ctl: Controller, story: _Story) -> None:
-    async with ctl.transitions() as stream:
-        async for t in stream:
-            when = f"{t.at - story.start:7.3f}s"
-            arrow = f"{t.source.value} -> {t.dest.value}"
-            if t.dest is SlotState.ERROR or t.failure is not None:
-                arrow = story.paint(arrow, "31")
-            elif t.dest is SlotState.LOADED:
-                arrow = story.paint(arrow, "32")
-            why = t.reason or t.trigger
-            story.say(f"   {story.paint(when, '2')}  {t.slot:<6} {arrow:<24} {why}")
+async def _print_transitions(stream: TransitionStream, story: _Story) -> None:
+    async for t in stream:
+        when = f"{t.at - story.start:7.3f}s"
+        arrow = f"{t.source.value} -> {t.dest.value}"
+        if t.dest is SlotState.ERROR or t.failure is not None:
+            arrow = story.paint(arrow, "31")
+        elif t.dest is SlotState.LOADED:
+            arrow = story.paint(arrow, "32")
+        why = t.reason or t.trigger
+        story.say(f"   {story.paint(when, '2')}  {t.slot:<6} {arrow:<24} {why}")
 
 
 async def _wait_for(stream: TransitionStream, wanted: Callable[[SlotTransition], bool]) -> bool:

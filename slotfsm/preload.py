@@ -54,9 +54,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import anyio
-import anyio.to_thread
-
 from slotfsm._atomic import write_atomically
 from slotfsm.errors import Failure, PreloadError, SlotfsmError
 from slotfsm.registry import ModelEntry
@@ -302,6 +299,9 @@ async def validate(
     cancelled validation returns within one chunk and leaves no thread
     hashing on.
     """
+    import anyio  # here, not at the top: ``slotfsm validate`` never needs it
+    import anyio.to_thread
+
     worker = _Worker(entry, policy, cache, progress)
     try:
         return await anyio.to_thread.run_sync(worker.run, abandon_on_cancel=True)

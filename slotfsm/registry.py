@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -221,6 +220,8 @@ def _parse_json(data: bytes) -> object:
 
 
 def _parse_toml(data: bytes) -> object:
+    import tomllib  # here, not at the top: only a TOML registry needs it
+
     return tomllib.loads(data.decode("utf-8"))
 
 

@@ -29,6 +29,9 @@ async def test_the_story_goes_as_designed() -> None:
         "/load per model:",
     ):
         assert phrase in text
+    # Every transition is printed, the last one too, before the summary.
+    last_chapter = text[text.index("== 5.") : text.index("== slots")]
+    assert "spare  loading -> error" in last_chapter and "LOAD_FAILED" in last_chapter
 
 
 def test_the_command_line_runs_it() -> None:

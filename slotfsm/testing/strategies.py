@@ -1,6 +1,6 @@
 """Hypothesis strategies for slotfsm's values, for property tests here and downstream.
 
-Needs Hypothesis (``pip install 'slotfsm[test]'``)::
+Needs Hypothesis, which the ``testing`` extra brings (``pip install 'slotfsm[testing]'``)::
 
     from hypothesis import given
     from slotfsm.testing.strategies import healths, slot_configs
@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:
+    raise ImportError(
+        "slotfsm.testing.strategies needs Hypothesis, which the 'testing' extra installs: "
+        "pip install 'slotfsm[testing]'",
+        name=exc.name,
+    ) from exc
 
 from slotfsm.config import SlotConfig
 from slotfsm.lemonade import Health, LoadedModel
