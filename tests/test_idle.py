@@ -11,9 +11,9 @@ import anyio
 import httpx
 import hypothesis.strategies as st
 import pytest
-from conftest import ControllerFactory, virtual_time
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from kit import ControllerFactory, examples, virtual_time
 
 from slotfsm import (
     Controller,
@@ -456,4 +456,4 @@ class IdleRuleMachine(RuleBasedStateMachine):
 
 
 TestIdleRule = IdleRuleMachine.TestCase
-TestIdleRule.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
+TestIdleRule.settings = settings(max_examples=examples(300), stateful_step_count=50)

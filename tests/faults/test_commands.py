@@ -1,6 +1,6 @@
 """Commands and concurrency: a storm of commands with faults, cancellation, bad input.
 
-The storm's machinery and its invariants are in this directory's ``conftest.py``.
+The storm's machinery and its invariants are in ``storm.py``, next to this file.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import httpx
 import pytest
 import sniffio
 import trio
-from conftest import ControllerFactory, virtual_time
+from kit import ControllerFactory, virtual_time
 
 import slotfsm.controller
-from faults.conftest import Storm, StormSettings, ValidationSpy, World, storm_seed
+from faults.storm import Storm, StormSettings, ValidationSpy, World
 from slotfsm import (
     ConfigError,
     Controller,
@@ -53,9 +53,9 @@ pytestmark = pytest.mark.anyio
 # -- the storm --------------------------------------------------------------------------
 
 
-async def run_storm(directory: Path, spy: ValidationSpy, settings: StormSettings) -> Storm:
-    seed = storm_seed()
-    print(f"storm seed {seed} (SLOTFSM_STORM_SEED={seed} repeats it)")
+async def run_storm(
+    directory: Path, spy: ValidationSpy, settings: StormSettings, seed: int
+) -> Storm:
     world = World(directory, settings, random.Random(seed))
     storm = Storm(world, spy, seed)
     started = time.monotonic()
@@ -73,10 +73,10 @@ def kinds_seen(storm: Storm) -> set[str]:
 
 @virtual_time
 async def test_a_storm_of_commands_under_faults_keeps_every_promise(
-    tmp_path: Path, validation_spy: ValidationSpy
+    tmp_path: Path, validation_spy: ValidationSpy, storm_seed: int
 ) -> None:
     """2,400 commands from 40 callers on 24 slots, server and file faults, 5 s and 2 s timeouts."""
-    storm = await run_storm(tmp_path, validation_spy, StormSettings())
+    storm = await run_storm(tmp_path, validation_spy, StormSettings(), storm_seed)
     # It was a storm: every kind of trouble happened, and still every promise held.
     assert storm.commands == 2400 and storm.loads_sent > 500
     assert storm.world.fake.evict_all_count > 0
@@ -87,7 +87,7 @@ async def test_a_storm_of_commands_under_faults_keeps_every_promise(
 
 
 async def test_a_small_storm_in_real_time_keeps_every_promise(
-    tmp_path: Path, validation_spy: ValidationSpy
+    tmp_path: Path, validation_spy: ValidationSpy, storm_seed: int
 ) -> None:
     """The same storm on asyncio and on trio, in real time, with tiny timeouts."""
     settings = StormSettings(
@@ -102,7 +102,7 @@ async def test_a_small_storm_in_real_time_keeps_every_promise(
         delays=(0.0, 0.0, 0.01, 0.05, 0.4),
         bound=30.0,
     )
-    storm = await run_storm(tmp_path, validation_spy, settings)
+    storm = await run_storm(tmp_path, validation_spy, settings, storm_seed)
     assert storm.commands == 400 and storm.loads_sent > 50
 
 
