@@ -11,11 +11,12 @@ import inspect
 
 import anyio
 import pytest
+from kit import served_controller
 
 import slotfsm.actor
 import slotfsm.controller
 import slotfsm.preload
-from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotState
+from slotfsm import ModelEntry, PreloadError, SlotConfig, SlotState
 from slotfsm.testing import FakeLemonade, FakeModel
 
 pytestmark = pytest.mark.anyio
@@ -28,12 +29,7 @@ def served(models: dict[str, ModelEntry], *names: str) -> FakeLemonade:
 async def test_corrupt_gguf_enters_error_without_load(models: dict[str, ModelEntry]) -> None:
     """Corrupt GGUF (wrong sha256) → slot enters error state without /v1/load being called."""
     fake = served(models, "corrupt")
-    async with (
-        fake.serve() as url,
-        Controller(
-            lemonade_url=url, registry=[models["corrupt"]], slots=[SlotConfig("chat")]
-        ) as ctl,
-    ):
+    async with served_controller(fake, [models["corrupt"]], SlotConfig("chat")) as ctl:
         snap = await ctl.load("chat", "corrupt")
     assert snap.state is SlotState.ERROR
     assert snap.error is not None and snap.error.kind is PreloadError.SHA256_MISMATCH
@@ -46,14 +42,8 @@ async def test_other_models_stay_loaded_when_one_slot_fails_validation(
 ) -> None:
     """Other loaded models stay loaded when one slot fails pre-validation."""
     fake = served(models, "alpha", "beta", "corrupt", "truncated", "missing")
-    async with (
-        fake.serve() as url,
-        Controller(
-            lemonade_url=url,
-            registry=list(models.values()),
-            slots=[SlotConfig("a"), SlotConfig("b"), SlotConfig("c")],
-        ) as ctl,
-    ):
+    slots = SlotConfig("a"), SlotConfig("b"), SlotConfig("c")
+    async with served_controller(fake, models.values(), *slots) as ctl:
         await ctl.load("a", "alpha")
         await ctl.load("b", "beta")
         for bad in ("corrupt", "truncated", "missing"):
@@ -69,14 +59,7 @@ async def test_nuclear_evict_all_not_triggered_by_prevalidation_failure(
     load failure with the same bad bytes would have evicted everything."""
     fake = served(models, "alpha", "corrupt")
     fake.fail("corrupt", "llama-server failed to start")  # what a corrupt file does to it
-    async with (
-        fake.serve() as url,
-        Controller(
-            lemonade_url=url,
-            registry=list(models.values()),
-            slots=[SlotConfig("a"), SlotConfig("b")],
-        ) as ctl,
-    ):
+    async with served_controller(fake, models.values(), SlotConfig("a"), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
         snap = await ctl.load("b", "corrupt")
         assert snap.error is not None and snap.error.kind is PreloadError.SHA256_MISMATCH
@@ -100,20 +83,19 @@ async def test_hung_load_times_out_once_in_real_time(models: dict[str, ModelEntr
     tested in virtual time), with exactly one /load sent and no retry."""
     fake = served(models, "alpha")
     fake.hang("alpha")
-    async with (
-        fake.serve() as url,
-        Controller(
-            lemonade_url=url,
-            registry=[models["alpha"]],
-            slots=[SlotConfig("chat", load_timeout=0.5)],
-        ) as ctl,
-    ):
+    slot = SlotConfig("chat", load_timeout=0.5)
+    async with served_controller(fake, [models["alpha"]], slot) as ctl:
         with anyio.fail_after(5):
             snap = await ctl.load("chat", "alpha")
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
         entered, left = snap.history[-2], snap.history[-1]
-        assert left.dest is SlotState.ERROR
-        assert 0.5 <= left.at - entered.at < 1.5
+        assert (entered.dest, left.source, left.dest) == (
+            SlotState.LOADING,
+            SlotState.LOADING,
+            SlotState.ERROR,
+        )
+        assert left.at - entered.at >= 0.5  # it waited its whole timeout...
+        assert fake.loads_in_flight == 1  # ...and gave up on a /load still unanswered
         assert len(fake.loads()) == 1
         await ctl.refresh()
         assert len(fake.loads()) == 1

@@ -251,7 +251,8 @@ async def leave_while(
 ) -> None:
     """Enter, load alpha into slot a, start ``load(slot, model)``, wait for ``busy``, leave.
 
-    Leaving must take well under a second, fail the abandoned caller with
+    Leaving must not wait for the work under way (a hung load, or a hash that
+    the caller checks was stopped part-way), fail the abandoned caller with
     ControllerClosedError, leave no task and no hashing thread behind, send
     nothing more, and log what it left loaded on the server.
     """
@@ -265,15 +266,11 @@ async def leave_while(
             closed.append(exc)
 
     with caplog.at_level(logging.INFO, logger="slotfsm"), anyio.fail_after(10):
-        async with anyio.create_task_group() as callers:
-            async with ctl:
-                await ctl.load("a", "alpha")
-                callers.start_soon(caller)
-                await busy()
-                sent = len(fake.requests)
-                started = time.monotonic()
-            took = time.monotonic() - started
-    assert took < 1.0, f"leaving took {took:.2f} s"
+        async with anyio.create_task_group() as callers, ctl:
+            await ctl.load("a", "alpha")
+            callers.start_soon(caller)
+            await busy()
+            sent = len(fake.requests)
     assert len(closed) == 1 and "closed" in str(closed[0])
     assert running_validations() == 0
     assert live_tasks() == tasks
@@ -292,7 +289,7 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    size = 2048 * 1024 * 1024  # sparse: instant to make, about a second to hash
+    size = 8 * 1024**3  # sparse: instant to make, seconds to hash
     path = tmp_path / "big.bin"
     with path.open("wb") as file:
         file.truncate(size)
@@ -306,14 +303,14 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
         assert running_validations() == 1
 
     await leave_while(fake, ctl, caplog, "big", "big", hashing)
-    assert 0 < hashed[-1] < size  # stopped part-way
+    assert 0 < hashed[-1] < size  # leaving stopped the hash part-way: it did not wait for it
     assert [r.body["model_name"] for r in fake.loads()] == ["alpha"]
 
 
 async def test_leaving_the_controller_during_a_hung_load_returns_promptly(
     fake: FakeLemonade, make_controller: ControllerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.hang("beta")
+    fake.hang("beta")  # never released: leaving cannot have waited for it
     ctl = make_controller(SlotConfig("a"), SlotConfig("b"))
     await leave_while(fake, ctl, caplog, "b", "beta", partial(fake.wait_hanging, "beta"))
     assert [r.body["model_name"] for r in fake.loads()] == ["alpha", "beta"]

@@ -299,9 +299,9 @@ async def test_server_that_never_answers_health(
         fake.set_health_fault(HealthFault.HANG)
         failures = ctl.idle_watcher.failures
         with anyio.fail_after(PROMPTLY):
-            started = anyio.current_time()
             assert await ctl.refresh() is None
-            assert anyio.current_time() - started >= SHORT_HTTP * 0.9  # it waited its timeout
+            # It reached the server and gave up waiting for an answer that never came.
+            assert fake.health_polls()[-1].status is None
             # A load still works: its re-read of /health times out and is only logged.
             holds(await ctl.load("b", "beta"), "beta")
         assert ctl.idle_watcher.failures == failures + 2
