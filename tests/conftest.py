@@ -1,42 +1,50 @@
-"""Shared fixtures: every async test runs on both anyio backends.
+"""Shared fixtures and profiles: every async test runs on both anyio backends.
 
-Tests that need the real 120 s / 300 s defaults override ``anyio_backend``
-with :func:`virtual_time`, which runs them on trio with a ``MockClock`` that
-jumps ahead whenever every task has been waiting for a few real milliseconds:
-minutes pass in milliseconds.  (Not zero: pre-load hashing runs in a worker
-thread, and a clock that jumped while a thread worked would let minutes pass
-during a hash that takes a millisecond.)
+Tests that need the real 120 s / 300 s defaults are marked
+:data:`kit.virtual_time`, which runs them on trio with an autojumping
+``MockClock`` (:func:`kit.virtual_clock`): minutes pass in milliseconds.
+
+Hypothesis runs the "default" profile, derandomized, unless
+``SLOTFSM_EXPLORE=1`` selects "explore" (random, more examples); see ``kit.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio.testing
 from hypothesis import HealthCheck, settings
+from kit import EXPLORE, EXPLORE_FACTOR, ControllerFactory, virtual_clock
 
 from slotfsm import Controller, ModelEntry, SlotConfig
 from slotfsm.testing import FakeLemonade, FakeModel
 from slotfsm.testing.files import Flaw, write_model
 
 settings.register_profile(
-    "default", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    "default",
+    derandomize=True,  # the same examples every run; implies no example database
+    deadline=None,
+    print_blob=True,
+    # Both depend on the machine, not on the code: a fixture per test, and timing.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-settings.load_profile("default")
-
-
-AUTOJUMP_AFTER = 0.005
-"""Real seconds of quiet after which the virtual clock jumps to the next deadline."""
-
-virtual_time = pytest.mark.virtual_time
-"""Run an async test once, on trio, on a fresh autojumping ``MockClock``."""
+settings.register_profile(
+    "explore",
+    settings.get_profile("default"),
+    derandomize=False,
+    max_examples=100 * EXPLORE_FACTOR,
+)
+PROFILE = "explore" if EXPLORE else "default"
+settings.load_profile(PROFILE)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "virtual_time: run on trio with a virtual clock")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"slotfsm: hypothesis profile {PROFILE!r}, storm seeds {'fresh' if EXPLORE else 'fixed'}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -49,7 +57,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     if request.param == "trio-virtual":
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)})
+        return ("trio", {"clock": virtual_clock()})
     return request.param
 
 
@@ -70,9 +78,6 @@ def models(tmp_path: Path) -> dict[str, ModelEntry]:
 def fake(models: dict[str, ModelEntry]) -> FakeLemonade:
     """A fake server that knows every model and keeps any number of them loaded."""
     return FakeLemonade([FakeModel(name) for name in models], max_models={"llm": -1})
-
-
-ControllerFactory = Callable[..., Controller]
 
 
 @pytest.fixture

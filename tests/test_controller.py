@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from checks import loads_of
-from conftest import ControllerFactory, virtual_time
+from kit import ControllerFactory, virtual_time
 
 from slotfsm import (
     ConfigError,

@@ -18,9 +18,8 @@ import anyio
 import httpx
 import hypothesis.strategies as st
 import pytest
-import trio.testing
-from conftest import AUTOJUMP_AFTER
 from hypothesis import given, settings
+from kit import examples, virtual_clock
 
 from slotfsm import Controller, ModelEntry, SlotConfig, SlotState, SlotTransition
 from slotfsm.testing import FakeLemonade, FakeModel
@@ -131,12 +130,12 @@ async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]
         assert (snap.state is SlotState.LOADED) == (snap.model is not None)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(program=programs)
 def test_random_programs_keep_every_promise(tmp_path_factory: Any, program: Any) -> None:
     directory = tmp_path_factory.mktemp("models")
-    clock = trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
-    anyio.run(run_program, directory, program, backend="trio", backend_options={"clock": clock})
+    options = {"clock": virtual_clock()}
+    anyio.run(run_program, directory, program, backend="trio", backend_options=options)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -6,6 +6,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from kit import examples
 
 from slotfsm import Failure, Health, LoadedModel, ModelEntry, PreloadError, SlotConfig, SlotState
 from slotfsm.events import (
@@ -212,7 +213,7 @@ class RulebookMachine(RuleBasedStateMachine):
 
 
 TestRulebook = RulebookMachine.TestCase
-TestRulebook.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestRulebook.settings = settings(max_examples=examples(300), stateful_step_count=40)
 
 
 @pytest.mark.parametrize("state", list(SlotState))

@@ -1,6 +1,6 @@
 """Commands and concurrency: a storm of commands with faults, cancellation, bad input.
 
-The storm's machinery and its invariants are in this directory's ``conftest.py``.
+The storm's machinery and its invariants are in ``storm.py``, next to this file.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import httpx
 import pytest
 import sniffio
 import trio
-from conftest import ControllerFactory, virtual_time
+from kit import ControllerFactory, virtual_time
 
 import slotfsm.controller
-from faults.conftest import Storm, StormSettings, ValidationSpy, World, storm_seed
+from faults.storm import Storm, StormSettings, ValidationSpy, World
 from slotfsm import (
     ConfigError,
     Controller,
@@ -53,9 +53,9 @@ pytestmark = pytest.mark.anyio
 # -- the storm --------------------------------------------------------------------------
 
 
-async def run_storm(directory: Path, spy: ValidationSpy, settings: StormSettings) -> Storm:
-    seed = storm_seed()
-    print(f"storm seed {seed} (SLOTFSM_STORM_SEED={seed} repeats it)")
+async def run_storm(
+    directory: Path, spy: ValidationSpy, settings: StormSettings, seed: int
+) -> Storm:
     world = World(directory, settings, random.Random(seed))
     storm = Storm(world, spy, seed)
     started = time.monotonic()
@@ -73,10 +73,10 @@ def kinds_seen(storm: Storm) -> set[str]:
 
 @virtual_time
 async def test_a_storm_of_commands_under_faults_keeps_every_promise(
-    tmp_path: Path, validation_spy: ValidationSpy
+    tmp_path: Path, validation_spy: ValidationSpy, storm_seed: int
 ) -> None:
     """2,400 commands from 40 callers on 24 slots, server and file faults, 5 s and 2 s timeouts."""
-    storm = await run_storm(tmp_path, validation_spy, StormSettings())
+    storm = await run_storm(tmp_path, validation_spy, StormSettings(), storm_seed)
     # It was a storm: every kind of trouble happened, and still every promise held.
     assert storm.commands == 2400 and storm.loads_sent > 500
     assert storm.world.fake.evict_all_count > 0
@@ -87,7 +87,7 @@ async def test_a_storm_of_commands_under_faults_keeps_every_promise(
 
 
 async def test_a_small_storm_in_real_time_keeps_every_promise(
-    tmp_path: Path, validation_spy: ValidationSpy
+    tmp_path: Path, validation_spy: ValidationSpy, storm_seed: int
 ) -> None:
     """The same storm on asyncio and on trio, in real time, with tiny timeouts."""
     settings = StormSettings(
@@ -102,7 +102,7 @@ async def test_a_small_storm_in_real_time_keeps_every_promise(
         delays=(0.0, 0.0, 0.01, 0.05, 0.4),
         bound=30.0,
     )
-    storm = await run_storm(tmp_path, validation_spy, settings)
+    storm = await run_storm(tmp_path, validation_spy, settings, storm_seed)
     assert storm.commands == 400 and storm.loads_sent > 50
 
 
@@ -251,7 +251,8 @@ async def leave_while(
 ) -> None:
     """Enter, load alpha into slot a, start ``load(slot, model)``, wait for ``busy``, leave.
 
-    Leaving must take well under a second, fail the abandoned caller with
+    Leaving must not wait for the work under way (a hung load, or a hash that
+    the caller checks was stopped part-way), fail the abandoned caller with
     ControllerClosedError, leave no task and no hashing thread behind, send
     nothing more, and log what it left loaded on the server.
     """
@@ -265,15 +266,11 @@ async def leave_while(
             closed.append(exc)
 
     with caplog.at_level(logging.INFO, logger="slotfsm"), anyio.fail_after(10):
-        async with anyio.create_task_group() as callers:
-            async with ctl:
-                await ctl.load("a", "alpha")
-                callers.start_soon(caller)
-                await busy()
-                sent = len(fake.requests)
-                started = time.monotonic()
-            took = time.monotonic() - started
-    assert took < 1.0, f"leaving took {took:.2f} s"
+        async with anyio.create_task_group() as callers, ctl:
+            await ctl.load("a", "alpha")
+            callers.start_soon(caller)
+            await busy()
+            sent = len(fake.requests)
     assert len(closed) == 1 and "closed" in str(closed[0])
     assert running_validations() == 0
     assert live_tasks() == tasks
@@ -292,7 +289,7 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    size = 2048 * 1024 * 1024  # sparse: instant to make, about a second to hash
+    size = 8 * 1024**3  # sparse: instant to make, seconds to hash
     path = tmp_path / "big.bin"
     with path.open("wb") as file:
         file.truncate(size)
@@ -306,14 +303,14 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
         assert running_validations() == 1
 
     await leave_while(fake, ctl, caplog, "big", "big", hashing)
-    assert 0 < hashed[-1] < size  # stopped part-way
+    assert 0 < hashed[-1] < size  # leaving stopped the hash part-way: it did not wait for it
     assert [r.body["model_name"] for r in fake.loads()] == ["alpha"]
 
 
 async def test_leaving_the_controller_during_a_hung_load_returns_promptly(
     fake: FakeLemonade, make_controller: ControllerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.hang("beta")
+    fake.hang("beta")  # never released: leaving cannot have waited for it
     ctl = make_controller(SlotConfig("a"), SlotConfig("b"))
     await leave_while(fake, ctl, caplog, "b", "beta", partial(fake.wait_hanging, "beta"))
     assert [r.body["model_name"] for r in fake.loads()] == ["alpha", "beta"]

@@ -6,7 +6,7 @@ Not in the default run (``-m 'not soak'``); run it with::
 
 It runs for ``SLOTFSM_SOAK_SECONDS`` of wall time (default 120) against the
 in-process fake on a virtual clock, one batch of commands after another, and
-after each batch checks every promise the storm checks (``conftest.py``).
+after each batch checks every promise the storm checks (``storm.py``).
 It reports the memory traced by ``tracemalloc`` after each batch: the goal is
 flat, i.e. the last quarter of the run uses no more than the first.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import virtual_time
+from kit import virtual_time
 
-from faults.conftest import Storm, StormSettings, ValidationSpy, World, storm_seed
+from faults.storm import Storm, StormSettings, ValidationSpy, World
 
 pytestmark = [pytest.mark.anyio, pytest.mark.soak]
 
@@ -63,9 +63,9 @@ class ErrorCount(logging.Handler):
 
 @virtual_time
 async def test_soak_50_slots_with_faults_keeps_every_promise_in_flat_memory(
-    tmp_path: Path, validation_spy: ValidationSpy
+    tmp_path: Path, validation_spy: ValidationSpy, storm_seed: int
 ) -> None:
-    seed = storm_seed()
+    seed = storm_seed
     settings = StormSettings(slots=50, callers=50, commands=BATCH)
     world = World(tmp_path, settings, random.Random(seed))
     storm = Storm(world, validation_spy, seed)

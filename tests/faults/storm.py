@@ -1,0 +1,625 @@
+"""The command storm shared by ``test_commands.py`` and ``test_soak.py``.
+
+A *world* is a set of slots, each with its own model files (so every request
+in the fake's log names the slot that sent it) and an in-process
+``FakeLemonade``.  A *storm* runs random ``load`` / ``unload`` / ``reset``
+commands from many concurrent callers against one Controller, and injects
+server faults (hangs, failed starts with and without the evict-all, evict-all
+from outside, restarts, ``/health`` faults, slow starts) and file faults (a
+file rewritten sound, corrupt, truncated, without magic, or deleted, by an
+atomic rename) while it runs.  Afterwards :meth:`Storm.problems` lists every
+broken promise, checked against the fake's request log, a recording transport,
+a spy on pre-load validation and the transition stream:
+
+* never two ``/load`` in flight for one slot;
+* no ``/load`` unless the slot's latest validation passed, for that model,
+  and licensed no other ``/load`` (so: none after a failed validation, and
+  no retry); no ``/load`` at all of a file that is always broken;
+* no ``/unload`` without a model name;
+* every command answered exactly once, with a settled snapshot of the right
+  shape for what was asked;
+* one ``/load`` per entry into ``loading``;
+* after the storm (hangs released, faults cleared, one ``refresh``, the
+  slots' own work done): every slot settled, and the models the ``loaded``
+  slots hold are exactly the models the server holds -- but for a stray (a
+  reload that timed out leaves the model on the server) that a later
+  ``reset`` forgot, as documented.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+
+from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
+from slotfsm.errors import Failure
+from slotfsm.snapshot import SlotTransition
+from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
+from slotfsm.testing.files import Flaw, write_model
+
+# -- the models of one slot ------------------------------------------------------------
+
+SOUND = ("good", "good2")
+"""Sound files the server knows."""
+FLIP = "flip"
+"""Sound at first; the storm rewrites it sound or broken while it runs."""
+GONE = "gone"
+"""A sound file the server does not know: ``/load`` answers 404."""
+BAD: dict[str, tuple[Flaw, PreloadError]] = {
+    "corrupt": (Flaw.SHA256, PreloadError.SHA256_MISMATCH),
+    "truncated": (Flaw.TRUNCATED, PreloadError.SIZE_MISMATCH),
+    "missing": (Flaw.MISSING, PreloadError.FILE_MISSING),
+    "magic": (Flaw.MAGIC, PreloadError.BAD_MAGIC),
+}
+"""Files that are always broken, and the failure validation must report."""
+KINDS = (*SOUND, FLIP, GONE, *BAD)
+KIND_WEIGHTS = (6, 4, 3, 1, 1, 1, 1, 1)
+OPS = ("load", "unload", "reset")
+OP_WEIGHTS = (6, 3, 1)
+FLIP_FLAWS = (None, None, Flaw.SHA256, Flaw.TRUNCATED, Flaw.MAGIC, Flaw.MISSING)
+
+SETTLED_LOAD_FAILURES = frozenset({PreloadError.LOAD_FAILED, PreloadError.LOAD_TIMEOUT})
+
+
+def model_name(slot: str, kind: str) -> str:
+    return f"{slot}-{kind}"
+
+
+def slot_of(model: str) -> str:
+    return model.split("-", 1)[0]
+
+
+def kind_of(model: str) -> str:
+    return model.split("-", 1)[1]
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StormSettings:
+    """How big and how rough a storm is; times are seconds on the test's clock."""
+
+    slots: int = 24
+    commands: int = 2400
+    callers: int = 40
+    load_timeouts: tuple[float, ...] = (5.0, 2.0)
+    """Given to the slots in turn: a short one times out waiting behind a slow load."""
+    idle_timeout: float | None = 60.0
+    poll_interval: float = 15.0
+    http_timeout: float = 3.0
+    chaos: float = 0.06
+    """Probability that a caller injects one fault before a command."""
+    think: float = 0.05
+    """Probability that a caller pauses before a command..."""
+    think_time: float = 2.0
+    """...for up to this long."""
+    bound: float = 3600.0
+    """Callers still waiting after this long have lost their command."""
+    delays: tuple[float, ...] = (0.0, 0.0, 0.5, 2.0, 4.0)
+    """Backend start times the fault injector picks from (``set_load_delay``)."""
+    max_hung: int = 2
+
+
+# -- the world --------------------------------------------------------------------------
+
+
+class World:
+    """The slots, their model files, the fake server and the fault injector."""
+
+    def __init__(self, directory: Path, settings: StormSettings, rng: random.Random) -> None:
+        self.directory = directory
+        self.scratch = directory / "scratch"
+        self.scratch.mkdir(exist_ok=True)
+        self.settings = settings
+        self.rng = rng
+        self.slots = tuple(f"s{i:02d}" for i in range(settings.slots))
+        self.fake = FakeLemonade(max_models={"llm": -1})
+        self.entries: list[ModelEntry] = []
+        for slot in self.slots:
+            for kind in KINDS:
+                name = model_name(slot, kind)
+                flaw = BAD[kind][0] if kind in BAD else None
+                self.entries.append(write_model(directory, name, flaw=flaw))
+                if kind != GONE:
+                    self.fake.add_model(FakeModel(name))
+        self.hung: set[str] = set()
+        self.failing: set[str] = set()
+        self.injected: Counter[str] = Counter()
+
+    def configs(self) -> list[SlotConfig]:
+        s = self.settings
+        return [
+            SlotConfig(
+                slot,
+                load_timeout=s.load_timeouts[i % len(s.load_timeouts)],
+                idle_timeout=s.idle_timeout,
+            )
+            for i, slot in enumerate(self.slots)
+        ]
+
+    def controller(self, transport: httpx.AsyncBaseTransport) -> Controller:
+        return Controller(
+            lemonade_url="http://lemonade",
+            registry=self.entries,
+            slots=self.configs(),
+            transport=transport,
+            poll_interval=self.settings.poll_interval,
+            http_timeout=self.settings.http_timeout,
+        )
+
+    def random_command(self) -> tuple[str, str, str]:
+        slot = self.rng.choice(self.slots)
+        op = self.rng.choices(OPS, OP_WEIGHTS)[0]
+        kind = self.rng.choices(KINDS, KIND_WEIGHTS)[0]
+        return slot, op, kind
+
+    # -- faults ----------------------------------------------------------------------
+
+    def inject(self) -> None:
+        """One random server or file fault (or the repair of an earlier one)."""
+        rng, fake = self.rng, self.fake
+        action = rng.choices(
+            [
+                "hang",
+                "release",
+                "crash",
+                "crash_retry_ok",
+                "not_found",
+                "heal",
+                "evict_all",
+                "restart",
+                "health",
+                "delay",
+                "file",
+                "fail_unload",
+                "hang_unload",
+                "drop_reply",
+            ],
+            [3, 4, 2, 1, 2, 7, 1, 1, 3, 2, 6, 2, 1, 1],
+        )[0]
+        model = model_name(rng.choice(self.slots), rng.choice((*SOUND, FLIP)))
+        if action == "hang":
+            if len(self.hung) >= self.settings.max_hung:
+                return
+            model = model_name(rng.choice(self.slots), "good")  # the most loaded kind
+            fake.hang(model)
+            self.hung.add(model)
+        elif action == "release":
+            if not self.hung:
+                return
+            victim = rng.choice(sorted(self.hung))
+            fake.release(victim)
+            self.hung.discard(victim)
+        elif action == "crash":
+            fake.fail(model, "llama-server failed to start")  # the evict-all, retry fails
+            self.failing.add(model)
+        elif action == "crash_retry_ok":
+            fake.fail(model, "llama-server failed to start", retry_succeeds=True)
+            self.failing.add(model)
+        elif action == "not_found":
+            fake.fail(model, f"GGUF file not found: /models/{model}.gguf")  # no evict-all
+            self.failing.add(model)
+        elif action == "fail_unload":
+            fake.fail_unload(model)  # a 500, and the model stays loaded
+            self.failing.add(model)
+        elif action == "hang_unload":
+            fake.hang_unload(model)  # no answer: the client's http_timeout ends it
+            self.failing.add(model)
+        elif action == "drop_reply":
+            fake.drop_reply(model)  # loads and unloads take effect, the answer is lost
+            self.failing.add(model)
+        elif action == "heal":
+            if not self.failing:
+                return
+            self.heal(rng.choice(sorted(self.failing)))
+        elif action == "evict_all":
+            fake.evict_all()
+        elif action == "restart":
+            fake.restart()
+        elif action == "health":
+            fake.set_health_fault(rng.choice([*HealthFault, None, None, None]))
+        elif action == "delay":
+            fake.set_load_delay(model, rng.choice(self.settings.delays))
+        else:
+            self.rewrite_flip(rng.choice(self.slots), rng.choice(FLIP_FLAWS))
+        self.injected[action] += 1
+
+    def rewrite_flip(self, slot: str, flaw: Flaw | None) -> None:
+        """Replace a slot's ``flip`` file, sound or broken, in one atomic rename."""
+        name = model_name(slot, FLIP)
+        target = self.directory / f"{name}.gguf"
+        if flaw is Flaw.MISSING:
+            target.unlink(missing_ok=True)
+            return
+        written = write_model(self.scratch, name, flaw=flaw)
+        os.replace(written.path, target)
+
+    def heal(self, model: str) -> None:
+        """Clear every failure switch of ``model``."""
+        self.fake.clear_fail(model)
+        self.fake.clear_fail_unload(model)
+        self.fake.release_unload(model)
+        self.fake.clear_drop_reply(model)
+        self.failing.discard(model)
+
+    def calm(self) -> None:
+        """Release every hang and clear every server fault (file faults stay)."""
+        for model in sorted(self.hung):
+            self.fake.release(model)
+        self.hung.clear()
+        for model in sorted(self.failing):
+            self.heal(model)
+        self.fake.set_health_fault(None)
+
+
+# -- what the test sees of the traffic ----------------------------------------------------
+
+
+class Ticker:
+    """One global order for events seen by the transport and the validation spy."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count()
+
+    def __call__(self) -> int:
+        return next(self._next)
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """Between the controller and the fake: ``/load`` in flight per slot, bodies checked."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, tick: Ticker) -> None:
+        self.inner = inner
+        self.tick = tick
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.loads: list[tuple[int, str]] = []  # (tick, model) at the moment it was sent
+        self.problems: list[str] = []
+
+    def reset(self) -> None:
+        self.peak.clear()
+        self.loads.clear()
+        self.problems.clear()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/unload"):
+            body = _json_or_none(request.content)
+            name = body.get("model_name") if isinstance(body, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                self.problems.append(f"/unload without a model name: {request.content!r}")
+        if not path.endswith("/load"):
+            return await self.inner.handle_async_request(request)
+        model = json.loads(request.content)["model_name"]
+        slot = slot_of(model)
+        self.loads.append((self.tick(), model))
+        self.in_flight[slot] += 1
+        self.peak[slot] = max(self.peak[slot], self.in_flight[slot])
+        try:
+            return await self.inner.handle_async_request(request)
+        finally:
+            self.in_flight[slot] -= 1
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+class ValidationSpy:
+    """Wraps the controller's pre-load validation and records every verdict."""
+
+    def __init__(self, real: Callable[..., Awaitable[Failure | None]], tick: Ticker) -> None:
+        self.real = real
+        self.tick = tick
+        self.verdicts: list[tuple[int, str, Failure | None]] = []
+
+    async def __call__(self, entry: ModelEntry, **options: Any) -> Failure | None:
+        failure = await self.real(entry, **options)
+        self.verdicts.append((self.tick(), entry.name, failure))
+        return failure
+
+
+# -- the storm --------------------------------------------------------------------------
+
+
+class Storm:
+    """Runs batches of random commands against one controller and checks every promise."""
+
+    def __init__(self, world: World, spy: ValidationSpy, seed: int) -> None:
+        self.world = world
+        self.spy = spy
+        self.seed = seed
+        self.recorder = Recorder(world.fake.transport(), spy.tick)
+        self.problems: list[str] = []
+        self.commands = 0
+        self.outcomes: Counter[str] = Counter()
+        self.loads_sent = 0
+        self.strays_seen = 0
+        self.elapsed = 0.0
+        self.forgotten: set[str] = set()
+        self.resets: dict[str, int] = {}  # slot -> tick of its latest reset
+        self.strays: dict[str, int] = {}  # model -> tick it was last seen as a slot's stray
+        self.cleaned = 0
+        self.requests = 0
+        self.transitions = 0
+
+    def controller(self) -> Controller:
+        return self.world.controller(self.recorder)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 50:
+            self.problems.append(text)
+
+    async def batch(self, ctl: Controller, commands: int) -> None:
+        """``commands`` random commands from the callers, faults injected; then check it all.
+
+        Afterwards the server is calm again (no hang, no failure switch, no
+        ``/health`` fault), every slot has settled and the request log has
+        been checked; the fake's log, the recorder and the spy start over.
+        """
+        world, settings = self.world, self.world.settings
+        program = [(i, *world.random_command()) for i in range(commands)]
+        answers: Counter[int] = Counter()
+        stream = ctl.transitions(buffer=1_000_000)
+
+        async def caller(mine: list[tuple[int, str, str, str]]) -> None:
+            for index, slot, op, kind in mine:
+                if world.rng.random() < settings.chaos:
+                    world.inject()
+                if world.rng.random() < settings.think:
+                    await anyio.sleep(world.rng.uniform(0, settings.think_time))
+                snap = await self._send(ctl, slot, op, kind)
+                if op == "reset":
+                    self.resets[slot] = self.spy.tick()
+                answers[index] += 1
+                self._check_answer(index, slot, op, kind, snap)
+                self._note_strays(ctl)
+
+        started = anyio.current_time()
+        with anyio.move_on_after(settings.bound):
+            async with anyio.create_task_group() as tg:
+                for n in range(settings.callers):
+                    tg.start_soon(caller, program[n :: settings.callers])
+        self.elapsed += anyio.current_time() - started
+        self.commands += commands
+
+        lost = [i for i in range(commands) if answers[i] == 0]
+        twice = [i for i, n in answers.items() if n > 1]
+        if lost or twice or sum(answers.values()) != commands:
+            self.problem(f"commands lost {lost[:10]} or answered twice {twice[:10]}")
+
+        world.calm()
+        await self.reconcile(ctl)
+        stream.close()
+        records = [record async for record in stream]
+        if stream.dropped:
+            self.problem(f"the transition stream dropped {stream.dropped} records")
+        self._check_log(records)
+        self._start_over()
+
+    def _note_strays(self, ctl: Controller) -> None:
+        """Remember which models the slots name as strays (``reset`` may forget them)."""
+        tick = self.spy.tick()
+        for snap in ctl.snapshots().values():
+            if snap.stray is not None:
+                self.strays[snap.stray] = tick
+
+    async def _send(self, ctl: Controller, slot: str, op: str, kind: str) -> SlotSnapshot:
+        if op == "load":
+            return await ctl.load(slot, model_name(slot, kind))
+        if op == "unload":
+            return await ctl.unload(slot)
+        return await ctl.reset(slot)
+
+    def _check_answer(self, index: int, slot: str, op: str, kind: str, snap: SlotSnapshot) -> None:
+        """The settled snapshot a command returns has the shape its command promises."""
+        what = f"command {index} {op}({slot!r}{f', {kind!r}' if op == 'load' else ''})"
+        err = snap.error
+        self.outcomes[f"{op} -> {snap.state}" + (f" {err.kind.name}" if err else "")] += 1
+        if snap.slot != slot or not snap.state.settled:
+            self.problem(f"{what}: answered with {snap!r}")
+            return
+        if (snap.state is SlotState.LOADED) != (snap.model is not None):
+            self.problem(f"{what}: state {snap.state} with model {snap.model!r}")
+        if snap.model is not None and slot_of(snap.model) != slot:
+            self.problem(f"{what}: slot holds another slot's model {snap.model!r}")
+        if op == "unload":
+            failed = snap.state is SlotState.ERROR and err is not None
+            failed = failed and err is not None and err.kind is PreloadError.UNLOAD_FAILED
+            if not (snap.state is SlotState.IDLE and err is None) and not failed:
+                self.problem(f"{what}: expected idle, or UNLOAD_FAILED, got {snap.state} {err}")
+            if failed and snap.stray is None:
+                self.problem(f"{what}: an unload failed and the slot keeps no stray: {snap!r}")
+        elif op == "reset":
+            if snap.state not in (SlotState.IDLE, SlotState.LOADED) or err is not None:
+                self.problem(f"{what}: expected the error cleared, got {snap.state} {err}")
+        else:
+            model = model_name(slot, kind)
+            if kind in BAD:
+                expected = BAD[kind][1]
+                if err is None or err.kind is not expected or snap.model == model:
+                    self.problem(f"{what}: expected {expected.name}, got {snap.state} {err}")
+            elif snap.state is SlotState.IDLE:
+                # loaded, then evicted by the server before the slot settled
+                if err is None or err.kind is not PreloadError.EVICTED or err.model != model:
+                    self.problem(f"{what}: ended idle with {err}")
+            elif snap.state is SlotState.LOADED and err is None:
+                if snap.model != model:
+                    self.problem(f"{what}: loaded {snap.model!r} without an error")
+                if kind == GONE:
+                    self.problem(f"{what}: a model the server does not know is loaded")
+            elif snap.state is SlotState.LOADED:
+                assert err is not None
+                if not (kind == FLIP and err.kind.is_validation):
+                    self.problem(f"{what}: kept a model with {err}")
+            elif err is None or not (
+                err.kind in SETTLED_LOAD_FAILURES or (kind == FLIP and err.kind.is_validation)
+            ):
+                self.problem(f"{what}: ended {snap.state} with {err}")
+            elif snap.stray is None and (
+                err.kind is PreloadError.LOAD_TIMEOUT  # the load may still arrive
+                or "/unload" in err.message  # a swap whose unload failed: the old model stays
+                or "unreachable" in err.message  # the answer was lost, not the load
+            ):
+                self.problem(f"{what}: {err} and the slot names no stray")
+
+    async def reconcile(self, ctl: Controller) -> None:
+        """On a calm server, after one ``refresh``, the slots tell the server's truth.
+
+        A model the server holds is held by a ``loaded`` slot, or named as a
+        slot's ``stray``; an explicit ``unload`` of such a slot (the documented
+        way out) then leaves the server holding exactly the ``loaded`` slots'
+        models.  The one exception is documented: ``reset`` forgets a stray.
+        """
+        await self._refresh(ctl)
+        named = {s.stray for s in ctl.snapshots().values() if s.stray is not None}
+        self._compare(ctl, tolerated=named)
+        for slot, snap in ctl.snapshots().items():
+            for _ in range(3):
+                if snap.stray is None or snap.stray not in self.world.fake.loaded_models():
+                    break
+                self.cleaned += 1
+                snap = await ctl.unload(slot)
+                if snap.state is not SlotState.IDLE or snap.error is not None:
+                    self.problem(f"unload of {slot} with a stray on a calm server: {snap!r}")
+        await self._refresh(ctl)
+        self._compare(ctl, tolerated=set())
+        for name, snap in ctl.snapshots().items():
+            if not snap.state.settled:
+                self.problem(f"slot {name} did not settle: {_brief(snap)}")
+
+    async def _refresh(self, ctl: Controller) -> None:
+        """``refresh``, then wait until every slot has settled and finished its own work."""
+        with anyio.fail_after(600):
+            async with ctl.transitions() as changes:
+                if await ctl.refresh() is None:
+                    self.problem("refresh on a calm server read nothing")
+                while not all(s.state.settled for s in ctl.snapshots().values()):
+                    await changes.__anext__()  # an idle unload the refresh started
+            # A settled slot may still have work running: the unload of a stray it saw.
+            await anyio.wait_all_tasks_blocked()
+
+    def _compare(self, ctl: Controller, tolerated: set[str]) -> None:
+        snaps = ctl.snapshots()
+        held = {s.model for s in snaps.values() if s.state is SlotState.LOADED}
+        on_server = set(self.world.fake.loaded_models())
+        claimed_but_gone = sorted(held - on_server)
+        orphans = on_server - held - tolerated
+        # Documented: ``reset`` forgets a stray, which the server then keeps, unmanaged.
+        forgotten = {
+            m
+            for m in orphans
+            if m in self.strays and self.resets.get(slot_of(m), -1) > self.strays[m]
+        }
+        self.forgotten |= forgotten
+        unexplained = sorted(orphans - forgotten)
+        if claimed_but_gone or unexplained:
+            details = {m: _brief(snaps[slot_of(m)]) for m in claimed_but_gone + unexplained}
+            self.problem(
+                f"after refresh, slots claim {claimed_but_gone} the server lacks, and the server"
+                f" holds {unexplained} that no slot holds or names as its stray: {details}"
+            )
+
+    def _check_log(self, records: list[SlotTransition]) -> None:
+        fake, recorder = self.world.fake, self.recorder
+        log = fake.requests
+        loads = [r for r in log if r.route == "load"]
+        self.requests += len(log)
+        self.transitions += len(records)
+        self.loads_sent += len(loads)
+        self.strays_seen += sum(1 for t in records if t.reason == "stray seen")
+        problems = list(recorder.problems)
+        # never two /load in flight for one slot: at the transport...
+        problems += [
+            f"{n} /load in flight at once for {s}" for s, n in recorder.peak.items() if n > 1
+        ]
+        # ...and as the server saw them
+        by_slot: dict[str, list[Any]] = defaultdict(list)
+        for r in loads:
+            by_slot[slot_of(r.body["model_name"])].append(r)
+        for slot, rs in by_slot.items():
+            for first, second in itertools.pairwise(sorted(rs, key=lambda r: r.at)):
+                if first.done_at is None or second.at < first.done_at:
+                    problems.append(
+                        f"{slot}: /load at {second.at} overlaps one until {first.done_at}"
+                    )
+        # no /load of a file that is always broken
+        problems += [
+            f"/load of {r.body['model_name']} whose file is broken"
+            for r in loads
+            if kind_of(r.body["model_name"]) in BAD
+        ]
+        # every /load licensed by the slot's latest validation: passed, same model, used once
+        timeline = sorted(
+            [(tick, "validated", name, failure) for tick, name, failure in self.spy.verdicts]
+            + [(tick, "load", name, None) for tick, name in recorder.loads],
+            key=lambda item: item[0],
+        )
+        licence: dict[str, tuple[str, Failure | None]] = {}
+        for _, what, name, failure in timeline:
+            if what == "validated":
+                licence[slot_of(name)] = (name, failure)
+                continue
+            granted = licence.pop(slot_of(name), None)
+            if granted is None or granted[0] != name or granted[1] is not None:
+                problems.append(f"/load of {name} not licensed by a passed validation: {granted}")
+        # no /unload without a model name, as the server saw it
+        for r in fake.unloads():
+            name = r.body.get("model_name") if isinstance(r.body, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                problems.append(f"the server got an /unload without a name: {r.raw_body!r}")
+        # one /load per entry into `loading`: nothing retried behind a caller's back
+        entered = Counter(
+            t.slot
+            for t in records
+            if t.source is not SlotState.LOADING and t.dest is SlotState.LOADING
+        )
+        sent = Counter(slot_of(r.body["model_name"]) for r in loads)
+        more = {s: (entered[s], n) for s, n in sent.items() if n > entered[s]}
+        if more:
+            problems.append(f"more /load sent than entries into loading: {more}")
+        for text in problems:
+            self.problem(text)
+
+    def _start_over(self) -> None:
+        """Forget the checked traffic, so that a long run keeps only what it still needs."""
+        fake = self.world.fake
+        # The testing kit keeps every request; a soak must not.
+        if fake.loads_in_flight == 0 and all(r.done_at is not None for r in fake.requests):
+            fake.clear_log()
+        else:
+            self.problem("requests still in flight on a calm, settled controller")
+        self.recorder.reset()
+        self.spy.verdicts.clear()
+
+    def report(self) -> str:
+        fake = self.world.fake
+        return (
+            f"seed={self.seed} commands={self.commands} loads_sent={self.loads_sent}"
+            f" evict_all={fake.evict_all_count} clock={self.elapsed:.0f}s"
+            f" strays_named={len(self.strays)} strays_seen={self.strays_seen}"
+            f" strays_unloaded_at_the_end={self.cleaned}"
+            f" strays_forgotten_by_reset={len(self.forgotten)}"
+            f" faults={dict(self.world.injected)}"
+        )
+
+
+def _brief(snap: SlotSnapshot) -> str:
+    return (
+        f"{snap.state} model={snap.model} target={snap.target} stray={snap.stray}"
+        f" error={snap.error}"
+    )
