@@ -14,7 +14,8 @@ import tracemalloc
 
 from slotfsm.config import SlotConfig
 from slotfsm.events import Reset, Trigger
-from slotfsm.rules import Rulebook, SlotMachine, SlotState
+from slotfsm.rulebook import Rulebook, SlotMachine
+from slotfsm.states import SlotState
 
 SLOTS = 1000
 BUDGET_PER_SLOT = 2 * 1024
