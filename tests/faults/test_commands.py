@@ -389,7 +389,7 @@ BAD_SLOTS: list[tuple[str, Callable[[], SlotConfig], str]] = [
     ("NUL", lambda: SlotConfig("a\x00"), "control characters"),
     ("DEL", lambda: SlotConfig("a\x7f"), "control characters"),
     ("negative load", lambda: SlotConfig("a", load_timeout=-1), "load_timeout must be finite"),
-    ("zero load", lambda: SlotConfig("a", load_timeout=0), "load_timeout must be > 0"),
+    ("zero load", lambda: SlotConfig("a", load_timeout=0), "load_timeout must be finite and > 0"),
     ("NaN load", lambda: SlotConfig("a", load_timeout=NAN), "load_timeout must be finite"),
     ("inf load", lambda: SlotConfig("a", load_timeout=INF), "load_timeout must be finite"),
     ("-inf load", lambda: SlotConfig("a", load_timeout=-INF), "load_timeout must be finite"),
