@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -18,22 +20,24 @@ import anyio.to_thread
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from threads import threads_in
 
 from slotfsm import preload
-from slotfsm.errors import Failure, PreloadError
+from slotfsm.errors import Failure, FailureError, PreloadError, SlotfsmError
 from slotfsm.preload import (
     FingerprintCache,
     HashPolicy,
     ValidationStopped,
     default_cache_path,
     fingerprint_of,
-    running_validations,
     validate,
     validate_sync,
 )
 from slotfsm.registry import ModelEntry
 
 MiB = 1024 * 1024
+PROMPTLY = 10.0
+"""A bound on what takes milliseconds: it only turns a hang into a failure."""
 
 
 def gguf_bytes(payload: bytes = b"") -> bytes:
@@ -369,13 +373,81 @@ def test_sha256_mismatch_through_a_symlink_names_link_and_target(
     assert f"sha256 of {link} (symlink to {path}) is {sha(data)}" in failure.message
 
 
+# -- unverified entries ----------------------------------------------------------
+
+
+def test_an_unverified_entry_is_refused_without_a_hash(model: tuple[Path, bytes]) -> None:
+    path, data = model
+    progress = Calls()
+    unverified = entry_for(path, data, sha256=None)
+    assert not unverified.verified
+    failure = failed(validate_sync(unverified, progress=progress), PreloadError.SHA256_MISMATCH)
+    assert (failure.expected, failure.found) == (None, None)
+    assert f"the registry has no sha256 for {path}" in failure.message
+    assert "allow unverified" in failure.message
+    assert progress.calls == []
+
+
+@pytest.mark.parametrize("by", ["caller", "entry"])
+def test_an_allowed_unverified_entry_passes_unhashed(model: tuple[Path, bytes], by: str) -> None:
+    path, data = model
+    progress = Calls()
+    cache = FingerprintCache(min_age=0)
+    unverified = entry_for(path, data, sha256=None, allow_unverified=by == "entry")
+    result = validate_sync(
+        unverified, cache=cache, progress=progress, allow_unverified=by == "caller"
+    )
+    assert result is None
+    assert progress.calls == []
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "data", "size", "kind"),
+    [
+        ("gone.gguf", None, None, PreloadError.FILE_MISSING),
+        ("/dev/null", None, None, PreloadError.NOT_A_FILE),
+        ("model.gguf", gguf_bytes(bytes(100)), 10, PreloadError.SIZE_MISMATCH),
+        ("model.gguf", b"GGML" + bytes(100), None, PreloadError.BAD_MAGIC),
+    ],
+)
+def test_an_allowed_unverified_entry_still_gets_every_other_check(
+    tmp_path: Path, where: str, data: bytes | None, size: int | None, kind: PreloadError
+) -> None:
+    path = tmp_path / where
+    if data is not None:
+        write(path, data)
+    unverified = ModelEntry(name="test-model", path=path, size=size, allow_unverified=True)
+    failed(validate_sync(unverified), kind)
+
+
+def test_a_failure_as_plain_json_and_as_an_exception(model: tuple[Path, bytes]) -> None:
+    path, data = model
+    failure = failed(validate_sync(entry_for(path, data, size=1)), PreloadError.SIZE_MISMATCH)
+    as_dict = failure.to_dict()
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert as_dict == {
+        "kind": "size_mismatch",
+        "message": failure.message,
+        "path": str(path),
+        "model": "test-model",
+        "expected": "1",
+        "found": str(len(data)),
+    }
+    error = FailureError(failure)
+    assert isinstance(error, SlotfsmError)
+    assert error.failure is failure
+    assert str(error) == str(failure)
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), again.failure) == (FailureError, failure)
+
+
 def test_stop_event_stops_hashing(model: tuple[Path, bytes]) -> None:
     path, data = model
     stop = threading.Event()
     stop.set()
     with pytest.raises(ValidationStopped):
         validate_sync(entry_for(path, data), stop=stop)
-    assert running_validations() == 0
 
 
 # -- the fingerprint cache ----------------------------------------------------
@@ -730,47 +802,59 @@ def first_chunk_signal() -> tuple[threading.Event, Callable[[int, int], None], l
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("policy", [HashPolicy.ALWAYS, HashPolicy.FINGERPRINT])
 async def test_cancelling_validate_stops_the_worker_within_a_chunk(
-    big_file: tuple[Path, int],
+    big_file: tuple[Path, int], policy: HashPolicy
 ) -> None:
+    """Both ways to the hash (all in the thread; checks inline, then the thread) stop alike."""
     path, size = big_file
     entry = ModelEntry(name="big", path=path, sha256="0" * 64, size=size, gguf=False)
     started, progress, seen = first_chunk_signal()
     results: list[Failure | None] = []
+    cache = FingerprintCache(min_age=0)
 
     async def run() -> None:
-        results.append(await validate(entry, policy=HashPolicy.ALWAYS, progress=progress))
+        results.append(await validate(entry, policy=policy, cache=cache, progress=progress))
 
     async with anyio.create_task_group() as group:
         group.start_soon(run)
         await anyio.to_thread.run_sync(started.wait)
-        cancelled_at = time.monotonic()
+        assert threads_in(preload) == 1
         group.cancel_scope.cancel()
-    elapsed = time.monotonic() - cancelled_at
+        chunks_after_cancel = len(seen)
 
     assert results == []  # cancelled, not finished
-    assert running_validations() == 0  # the worker is done, not hashing on
+    assert threads_in(preload) == 0  # the worker is done, not hashing on
+    assert len(seen) <= chunks_after_cancel + 1  # at most the chunk in hand when cancelled
     assert seen[-1] < size  # stopped part-way
-    assert elapsed < 1.0, f"cancellation took {elapsed:.3f} s"
+    assert len(cache) == 0
+
+
+def hold_the_only_thread(
+    limiter: anyio.CapacityLimiter, gate: threading.Event
+) -> Callable[[], Any]:
+    """A task that takes the default limiter's only token until ``gate`` is set."""
+    limiter.total_tokens = 1
+
+    async def hold() -> None:
+        await anyio.to_thread.run_sync(gate.wait)
+
+    return hold
 
 
 @pytest.mark.anyio
 async def test_cancelling_a_validation_waiting_for_a_thread(model: tuple[Path, bytes]) -> None:
     path, data = model
     limiter = anyio.to_thread.current_default_thread_limiter()
-    limiter.total_tokens = 1
     gate = threading.Event()
     progress = Calls()
     done: list[Failure | None] = []
-
-    async def hold_the_token() -> None:
-        await anyio.to_thread.run_sync(gate.wait)
 
     async def run() -> None:
         done.append(await validate(entry_for(path, data), progress=progress))
 
     async with anyio.create_task_group() as outer:
-        outer.start_soon(hold_the_token)
+        outer.start_soon(hold_the_only_thread(limiter, gate))
         while limiter.borrowed_tokens == 0:
             await anyio.lowlevel.checkpoint()
         async with anyio.create_task_group() as inner:
@@ -781,4 +865,61 @@ async def test_cancelling_a_validation_waiting_for_a_thread(model: tuple[Path, b
         gate.set()
     assert done == []
     assert progress.calls == []
-    assert running_validations() == 0
+    assert threads_in(preload) == 0
+
+
+@pytest.mark.anyio
+async def test_validate_remembers_a_pass_and_then_skips_the_hash(
+    model: tuple[Path, bytes],
+) -> None:
+    path, data = model
+    entry = entry_for(path, data)
+    cache = FingerprintCache(min_age=0)
+    first, second = Calls(), Calls()
+    assert await validate(entry, cache=cache, progress=first) is None
+    assert first.calls != [] and len(cache) == 1
+    assert await validate(entry, cache=cache, progress=second) is None
+    assert second.calls == []
+
+
+@pytest.mark.anyio
+async def test_what_needs_no_hash_needs_no_thread(model: tuple[Path, bytes]) -> None:
+    """A cache hit, an allowed unverified entry and a refusal finish with no worker thread free.
+
+    A miss under the same policy is then hashed in a thread once one is free.
+    """
+    path, data = model
+    entry = entry_for(path, data)
+    cache = FingerprintCache(min_age=0)
+    assert validate_sync(entry, cache=cache) is None  # remembered
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    gate = threading.Event()
+    results: list[Failure | None] = []
+
+    async def miss() -> None:
+        results.append(await validate(entry_for(path, data, sha256="4" * 64), cache=cache))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(hold_the_only_thread(limiter, gate))
+        while limiter.borrowed_tokens == 0:
+            await anyio.lowlevel.checkpoint()
+        try:
+            with anyio.fail_after(PROMPTLY):  # a hop to a thread would wait for the gate
+                progress = Calls()
+                assert await validate(entry, cache=cache, progress=progress) is None
+                assert progress.calls == []
+                unverified = entry_for(path, data, sha256=None)
+                assert await validate(unverified, cache=cache, allow_unverified=True) is None
+                failed(await validate(unverified, cache=cache), PreloadError.SHA256_MISMATCH)
+                failed(
+                    await validate(entry_for(path, data, size=1), cache=cache),
+                    PreloadError.SIZE_MISMATCH,
+                )
+            group.start_soon(miss)
+            while limiter.statistics().tasks_waiting == 0:
+                await anyio.lowlevel.checkpoint()
+            assert results == []  # the miss waits for a thread to hash in
+        finally:
+            gate.set()  # even on failure: the holding thread cannot be cancelled
+    assert len(results) == 1
+    failed(results[0], PreloadError.SHA256_MISMATCH)

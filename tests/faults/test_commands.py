@@ -23,8 +23,10 @@ import pytest
 import sniffio
 import trio
 from conftest import ControllerFactory, virtual_time
+from threads import threads_in
 
 import slotfsm.controller
+import slotfsm.preload
 from faults.conftest import Storm, StormSettings, ValidationSpy, World, storm_seed
 from slotfsm import (
     ConfigError,
@@ -43,7 +45,6 @@ from slotfsm import (
     UnknownSlotError,
 )
 from slotfsm.errors import Failure
-from slotfsm.preload import running_validations
 from slotfsm.stream import TransitionStream
 from slotfsm.testing import FakeLemonade, FakeModel
 
@@ -275,7 +276,7 @@ async def leave_while(
             took = time.monotonic() - started
     assert took < 1.0, f"leaving took {took:.2f} s"
     assert len(closed) == 1 and "closed" in str(closed[0])
-    assert running_validations() == 0
+    assert threads_in(slotfsm.preload) == 0
     assert live_tasks() == tasks
     assert fake.loads_in_flight == 0
     assert [r.route for r in fake.requests[sent:]] == []  # nothing sent on the way out
@@ -303,7 +304,7 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
 
     async def hashing() -> None:
         await anyio.to_thread.run_sync(started.wait)
-        assert running_validations() == 1
+        assert threads_in(slotfsm.preload) == 1
 
     await leave_while(fake, ctl, caplog, "big", "big", hashing)
     assert 0 < hashed[-1] < size  # stopped part-way
