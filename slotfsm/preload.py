@@ -44,6 +44,11 @@ sha256.  Two rules keep that sound:
 
 The race this cannot close is the one ADR-0007 accepts: the file may be
 replaced or deleted between validation and Lemonade's own open.
+
+A :class:`FingerprintCache` can be kept in a file (:meth:`FingerprintCache.load`,
+:meth:`FingerprintCache.save`) that the command line and any number of
+controllers share: saves merge with what is on disk under a lock and replace
+the file atomically, and a damaged file reads as empty.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import anyio.from_thread
@@ -66,7 +71,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
-from slotfsm._atomic import write_atomically
+from slotfsm._atomic import locked, write_atomically
 from slotfsm.errors import Failure, PreloadError, SlotfsmError
 from slotfsm.registry import ModelEntry
 
@@ -123,20 +128,32 @@ class FingerprintCache:
     """Which file states have already been hashed, and to which sha256.
 
     A bounded LRU map from :data:`Fingerprint` to a sha256, safe to share
-    between threads (validations run in worker threads).  ``min_age``
-    (seconds) is the "too recent to trust" rule of this module: see
-    :meth:`remember`.
+    between threads (hashes run in worker threads).  ``min_age`` (seconds)
+    is the "too recent to trust" rule of this module: see :meth:`remember`.
+
+    A cache read with :meth:`load` is bound to its file: :meth:`save` writes
+    back to it, and does nothing when nothing was remembered since
+    (:attr:`dirty`), so a controller may call it after every validation.
     """
 
-    def __init__(self, maxsize: int = 1024, *, min_age: float = 2.0) -> None:
+    def __init__(
+        self,
+        maxsize: int = 1024,
+        *,
+        min_age: float = 2.0,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         if min_age < 0:
             raise ValueError(f"min_age must be >= 0, got {min_age}")
         self.maxsize = maxsize
         self.min_age = min_age
+        self.path = None if path is None else Path(path)
+        """The file :meth:`save` writes to by default, or None."""
         self._lock = threading.Lock()
         self._entries: OrderedDict[Fingerprint, str] = OrderedDict()
+        self._dirty = False
 
     def lookup(self, fp: Fingerprint) -> str | None:
         """The sha256 verified for ``fp``, or None; marks it recently used."""
@@ -163,9 +180,15 @@ class FingerprintCache:
         with self._lock:
             self._entries[fp] = sha256.lower()
             self._entries.move_to_end(fp)
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+            self._trim()
+            self._dirty = True
         return True
+
+    @property
+    def dirty(self) -> bool:
+        """True when something was remembered since the cache was loaded or saved."""
+        with self._lock:
+            return self._dirty
 
     def __len__(self) -> int:
         with self._lock:
@@ -173,33 +196,88 @@ class FingerprintCache:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], maxsize: int = 1024, *, min_age: float = 2.0
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        maxsize: int = 1024,
+        *,
+        min_age: float = 2.0,
     ) -> FingerprintCache:
-        """Read a cache written by :meth:`save`.
+        """Read a cache file and bind the cache to it (see :attr:`path`).
 
-        A missing, unreadable or corrupt file gives an empty cache, never an
-        exception: the worst outcome of a lost cache is one more hash.
+        ``path`` defaults to :func:`default_cache_path`, the file the command
+        line uses.  A missing, unreadable or corrupt file gives an empty
+        cache, never an exception: the worst outcome of a lost cache is one
+        more hash.  Blocking (a small file read).
         """
-        cache = cls(maxsize, min_age=min_age)
-        try:
-            document = json.loads(Path(path).read_text(encoding="utf-8"))
-            rows = _parse_rows(document)
-        except (OSError, ValueError, TypeError):
-            return cache
-        for fp, sha256 in rows[-maxsize:]:
-            cache._entries[fp] = sha256
+        target = default_cache_path() if path is None else Path(path)
+        cache = cls(maxsize, min_age=min_age, path=target)
+        cache._entries.update(_read_rows(target)[-maxsize:])
         return cache
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the cache to ``path`` atomically (temp file, fsync, rename).
+    def save(self, path: str | os.PathLike[str] | None = None) -> bool:
+        """Merge the cache into its file; return whether the file was written.
 
-        The directory is created if needed.  Raises ``OSError`` when it
-        cannot be written.
+        Without ``path``, writes to :attr:`path`, and only when the cache is
+        :attr:`dirty`.  With ``path``, always writes there.  The write holds
+        an advisory lock on the file (a ``.<name>.lock`` file beside it),
+        re-reads what other writers left there, keeps the newest
+        ``maxsize`` of both (this cache's entries count as newer), replaces
+        the file atomically (temp file, fsync, rename) and takes the merged
+        entries in.  So the command line and any number of controllers can
+        share one file: none corrupts it and, where ``flock`` works, none
+        loses another's entries.  A damaged file is simply overwritten.
+
+        Blocking (fsync): from async code, run it in a worker thread.  The
+        directory is created if needed.  Raises ``OSError`` when the file
+        cannot be written, and ``ValueError`` when there is no path.
         """
+        target = self.path if path is None else Path(path)
+        if target is None:
+            raise ValueError("this cache has no file: give save() a path")
         with self._lock:
-            rows = [[*fp, sha256] for fp, sha256 in self._entries.items()]
-        text = json.dumps({"version": 1, "entries": rows}, separators=(",", ":"))
-        write_atomically(Path(path), text.encode("utf-8"))
+            if path is None and not self._dirty:
+                return False
+            ours = list(self._entries.items())
+            self._dirty = False
+        try:
+            with locked(target):
+                merged = OrderedDict(_read_rows(target))
+                for fp, sha256 in ours:
+                    merged[fp] = sha256
+                    merged.move_to_end(fp)
+                while len(merged) > self.maxsize:
+                    merged.popitem(last=False)
+                rows = [[*fp, sha256] for fp, sha256 in merged.items()]
+                text = json.dumps({"version": 1, "entries": rows}, separators=(",", ":"))
+                write_atomically(target, text.encode("utf-8"))
+        except BaseException:
+            with self._lock:
+                self._dirty = True
+            raise
+        self._take_in(merged.items())
+        return True
+
+    def _take_in(self, rows: Iterable[tuple[Fingerprint, str]]) -> None:
+        """Add entries other writers saved, as older than every entry held now."""
+        with self._lock:
+            entries = OrderedDict(rows)
+            for fp, sha256 in self._entries.items():
+                entries[fp] = sha256
+                entries.move_to_end(fp)
+            self._entries = entries
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+
+
+def _read_rows(path: Path) -> list[tuple[Fingerprint, str]]:
+    """The rows of a saved cache, oldest first; none when the file is missing or damaged."""
+    try:
+        return _parse_rows(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def _parse_rows(document: object) -> list[tuple[Fingerprint, str]]:

@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -489,6 +491,10 @@ def test_cache_refuses_a_fingerprint_too_recent_to_trust() -> None:
     assert not cache.remember((1, 3, 100, now, now - 3_000_000_000), "a" * 64, taken_at_ns=now)
 
 
+SAVED = [".fingerprints.json.lock", "fingerprints.json"]
+"""A saved cache and its lock file, and no temporary file."""
+
+
 def test_cache_save_load_roundtrip_keeps_lru_order(tmp_path: Path) -> None:
     cache = FingerprintCache(min_age=0)
     for n in range(5):
@@ -496,7 +502,7 @@ def test_cache_save_load_roundtrip_keeps_lru_order(tmp_path: Path) -> None:
     cache.lookup(fp(0))  # most recent now
     file = tmp_path / "deep" / "dir" / "fingerprints.json"
     cache.save(file)
-    assert [p.name for p in file.parent.iterdir()] == ["fingerprints.json"]
+    assert sorted(p.name for p in file.parent.iterdir()) == SAVED
 
     loaded = FingerprintCache.load(file)
     assert len(loaded) == 5
@@ -515,7 +521,7 @@ def test_cache_save_replaces_the_old_file(tmp_path: Path) -> None:
     cache.remember(fp(1), "a" * 64)
     cache.save(file)
     assert FingerprintCache.load(file).lookup(fp(1)) == "a" * 64
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fingerprints.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == SAVED
 
 
 def test_cache_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -523,7 +529,158 @@ def test_cache_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
     target.mkdir()  # os.replace onto a directory fails
     with pytest.raises(OSError):
         FingerprintCache().save(target)
-    assert [p.name for p in tmp_path.iterdir()] == ["fingerprints.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == SAVED
+
+
+def test_a_loaded_cache_saves_back_only_what_changed(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    first = FingerprintCache(min_age=0)
+    first.remember(fp(1), "a" * 64)
+    first.save(file)
+    cache = FingerprintCache.load(file, min_age=0)
+    assert (cache.path, cache.dirty) == (file, False)
+    file.write_text("changed by hand")
+    assert cache.save() is False  # nothing remembered since load: not written
+    assert file.read_text() == "changed by hand"
+    assert cache.remember(fp(2), "b" * 64)
+    assert cache.dirty
+    assert cache.save() is True
+    assert not cache.dirty
+    assert FingerprintCache.load(file).lookup(fp(2)) == "b" * 64
+    assert cache.save(tmp_path / "copy.json") is True  # an explicit path is always written
+    assert len(FingerprintCache.load(tmp_path / "copy.json")) == 2
+
+
+def test_a_cache_without_a_file_needs_a_path_to_save() -> None:
+    with pytest.raises(ValueError, match="no file"):
+        FingerprintCache().save()
+
+
+def test_load_defaults_to_the_command_lines_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = FingerprintCache.load(min_age=0)
+    assert cache.path == default_cache_path()
+    cache.remember(fp(1), "a" * 64)
+    assert cache.save()
+    assert FingerprintCache.load().lookup(fp(1)) == "a" * 64
+
+
+def test_saves_merge_with_what_other_writers_left(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    one = FingerprintCache.load(file, min_age=0)
+    two = FingerprintCache.load(file, min_age=0)
+    one.remember(fp(1), "a" * 64)
+    two.remember(fp(2), "b" * 64)
+    two.remember(fp(1), "a" * 64)
+    one.save()
+    two.save()
+    on_disk = FingerprintCache.load(file)
+    assert [on_disk.lookup(fp(n)) for n in (1, 2)] == ["a" * 64, "b" * 64]
+    one.remember(fp(3), "c" * 64)
+    one.save()
+    assert one.lookup(fp(2)) == "b" * 64  # took in what the other writer saved
+    assert len(FingerprintCache.load(file)) == 3
+
+
+def test_a_merge_keeps_the_newest_entries_within_maxsize(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    other = FingerprintCache(min_age=0)
+    for n in range(4):
+        other.remember(fp(n), f"{n}" * 64)
+    other.save(file)
+    cache = FingerprintCache(maxsize=3, min_age=0, path=file)
+    cache.remember(fp(9), "9" * 64)
+    cache.save()
+    saved = FingerprintCache.load(file)
+    assert len(saved) == 3
+    assert [saved.lookup(fp(n)) is not None for n in (9, 3, 2, 1, 0)] == [True] * 3 + [False] * 2
+    assert len(cache) == 3 and cache.lookup(fp(9)) == "9" * 64
+
+
+def test_a_damaged_file_is_overwritten_by_the_next_save(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    file.write_text('{"version": 1, "entries": [[1, 2')
+    cache = FingerprintCache.load(file, min_age=0)
+    assert len(cache) == 0  # one more hash, no error
+    cache.remember(fp(1), "a" * 64)
+    assert cache.save()
+    assert FingerprintCache.load(file).lookup(fp(1)) == "a" * 64
+
+
+def test_a_failed_save_leaves_the_cache_dirty(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    cache = FingerprintCache(min_age=0, path=file)
+    cache.remember(fp(1), "a" * 64)
+    file.mkdir()  # os.replace onto a directory fails
+    with pytest.raises(OSError):
+        cache.save()
+    assert cache.dirty
+    file.rmdir()
+    assert cache.save()
+
+
+def test_concurrent_savers_lose_nothing(tmp_path: Path) -> None:
+    """Threads saving to one file at once, each its own cache: every entry survives.
+
+    Each save opens its own lock file descriptor, so threads exclude each
+    other as processes do.
+    """
+    file = tmp_path / "fingerprints.json"
+    count = 8
+    ready = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def saver(n: int) -> None:
+        cache = FingerprintCache.load(file, min_age=0)
+        try:
+            ready.wait()
+            for round_ in range(5):
+                cache.remember(fp(n * 10 + round_), f"{n}" * 64)
+                cache.save()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    saved = FingerprintCache.load(file)
+    assert len(saved) == count * 5
+    assert all(saved.lookup(fp(n * 10 + r)) == f"{n}" * 64 for n in range(count) for r in range(5))
+
+
+SAVER = """
+import sys
+from slotfsm.preload import FingerprintCache
+file, n = sys.argv[1], int(sys.argv[2])
+for round_ in range(20):
+    cache = FingerprintCache.load(file, min_age=0)
+    cache.remember((1, n * 100 + round_, 100, 0, 0), str(n) * 64)
+    cache.save()
+"""
+
+
+def test_processes_saving_at_once_never_corrupt_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    FingerprintCache(min_age=0).save(file)
+    savers = [subprocess.Popen([sys.executable, "-c", SAVER, str(file), str(n)]) for n in range(3)]
+    while any(saver.poll() is None for saver in savers):
+        json.loads(file.read_text())  # whole at every instant
+    assert [saver.returncode for saver in savers] == [0, 0, 0]
+    assert len(FingerprintCache.load(file)) == 60
+
+
+def test_a_cache_file_that_cannot_be_locked_is_still_written_whole(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    (tmp_path / ".fingerprints.json.lock").mkdir()  # the lock file cannot be opened
+    cache = FingerprintCache(min_age=0, path=file)
+    cache.remember(fp(1), "a" * 64)
+    assert cache.save()
+    assert FingerprintCache.load(file).lookup(fp(1)) == "a" * 64
 
 
 GOOD_ROW = [1, 2, 3, 4, 5, "a" * 64]
