@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
 import attrs
 
+from slotfsm._validators import Validator, no_control_characters, not_bool, rule
 from slotfsm.errors import ConfigError
 
 __all__ = ["LoadOption", "SlotConfig", "positive_seconds"]
@@ -16,15 +18,8 @@ __all__ = ["LoadOption", "SlotConfig", "positive_seconds"]
 LoadOption: TypeAlias = str | int | float | bool
 """A value sent with ``/load``: Lemonade's options are strings, numbers or flags."""
 
-_RESERVED_OPTIONS = frozenset({"model_name", "model", "recipe", "checkpoint"})
+_SET_BY_SLOTFSM = frozenset({"model_name", "model", "checkpoint"})
 _NAMED_OPTIONS = frozenset({"ctx_size", "llamacpp_backend", "llamacpp_args"})
-
-
-def _check_name(_: object, __: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"slot name must be a non-empty string, got {value!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ConfigError(f"slot name {value!r} contains control characters")
 
 
 def positive_seconds(name: str, value: object) -> float:
@@ -36,42 +31,60 @@ def positive_seconds(name: str, value: object) -> float:
     return float(value)
 
 
-def _check_seconds(allow_off: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(inst: SlotConfig, attribute: attrs.Attribute[Any], value: object) -> None:
-        name = f"slot {inst.name!r}: {attribute.name}"
-        if value is None and allow_off:
+def _owner(config: SlotConfig) -> str:
+    return f"slot {config.name!r}"
+
+
+def _rule(what: str, *checks: Validator) -> Validator:
+    return rule(what, *checks, error=ConfigError, owner=_owner)
+
+
+def _seconds(*, off_allowed: bool) -> Validator:
+    """:func:`positive_seconds`; with ``off_allowed``, also ``None`` or 0 (never)."""
+
+    def check(config: SlotConfig, attribute: attrs.Attribute[Any], value: object) -> None:
+        if off_allowed and (value is None or (type(value) in (int, float) and value == 0)):
             return
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-        if math.isnan(value) or math.isinf(value) or value < 0:
-            raise ConfigError(f"{name} must be finite and >= 0, got {value!r}")
-        if value == 0 and not allow_off:
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
+        positive_seconds(f"{_owner(config)}: {attribute.name}", value)
 
     return check
 
 
-def _check_options(inst: SlotConfig, _: attrs.Attribute[Any], value: object) -> None:
+def _check_option(config: SlotConfig, key: object, option: object) -> None:
+    where = f"{_owner(config)}: option {key!r}"
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{_owner(config)}: option names must be non-empty strings")
+    if key in _SET_BY_SLOTFSM:
+        raise ConfigError(f"{where} is set by slotfsm, not config")
+    if key == "recipe":
+        raise ConfigError(
+            f"{where} is ignored by the server's /load (Lemonade 11.7.0): the model's"
+            " registration decides it; record it as ModelEntry(recipe=...)"
+        )
+    if key in _NAMED_OPTIONS:
+        raise ConfigError(f"{_owner(config)}: set {key!r} as SlotConfig({key}=...)")
+    if not isinstance(option, str | int | float | bool):
+        raise ConfigError(f"{where} must be a string, number or bool, got {type(option).__name__}")
+    if isinstance(option, float) and not math.isfinite(option):
+        raise ConfigError(f"{where} must be finite, got {option}")
+
+
+def _check_options(config: SlotConfig, _: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"slot {inst.name!r}: extra_options must be a mapping")
+        raise ConfigError(f"{_owner(config)}: extra_options must be a mapping")
     for key, option in value.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"slot {inst.name!r}: option names must be non-empty strings")
-        if key in _RESERVED_OPTIONS:
-            raise ConfigError(f"slot {inst.name!r}: option {key!r} is set by slotfsm, not config")
-        if key in _NAMED_OPTIONS:
-            raise ConfigError(f"slot {inst.name!r}: set {key!r} as SlotConfig({key}=...)")
-        if not isinstance(option, str | int | float | bool):
-            raise ConfigError(
-                f"slot {inst.name!r}: option {key!r} must be a string, number or bool,"
-                f" got {type(option).__name__}"
-            )
-        if isinstance(option, float) and not math.isfinite(option):
-            raise ConfigError(f"slot {inst.name!r}: option {key!r} must be finite, got {option}")
+        _check_option(config, key, option)
 
 
 def _freeze(options: Mapping[str, LoadOption] | None) -> Mapping[str, LoadOption]:
-    return MappingProxyType(dict(options or {}))
+    """A read-only copy; anything but a mapping is left for the check."""
+    if not isinstance(options, Mapping):
+        return MappingProxyType({}) if options is None else options
+    return MappingProxyType(dict(options))
+
+
+_v = attrs.validators
+_optional_string = _rule("one string or None", _v.optional(_v.instance_of(str)))
 
 
 @attrs.frozen
@@ -83,34 +96,41 @@ class SlotConfig:
     ``idle_timeout`` is how long a loaded model may show no use before it is
     unloaded (ADR-0007 §2); ``0`` or ``None`` means never.  Options left at
     ``None`` are never sent to the server.
+
+    Every value is checked here, once, and a bad one raises
+    :class:`~slotfsm.errors.ConfigError` naming the slot.  ``extra_options``
+    may not set what slotfsm sends itself (``model_name``), what the named
+    fields hold, or ``recipe``: ``/load`` ignores a recipe in its body
+    (Lemonade 11.7.0), so it is recorded on the model's registry entry
+    (``ModelEntry.recipe``) instead.
     """
 
-    name: str = attrs.field(validator=_check_name)
-    load_timeout: float = attrs.field(default=120.0, validator=_check_seconds(False))
-    idle_timeout: float | None = attrs.field(default=300.0, validator=_check_seconds(True))
-    ctx_size: int | None = attrs.field(default=None)
-    llamacpp_backend: str | None = None
-    llamacpp_args: str | None = None
+    name: str = attrs.field(
+        validator=[
+            _rule(
+                "a non-empty string, not only spaces",
+                _v.instance_of(str),
+                _v.matches_re(r"\S", func=re.search),
+            ),
+            _rule("free of control characters", no_control_characters),
+        ]
+    )
+    load_timeout: float = attrs.field(default=120.0, validator=_seconds(off_allowed=False))
+    idle_timeout: float | None = attrs.field(default=300.0, validator=_seconds(off_allowed=True))
+    ctx_size: int | None = attrs.field(
+        default=None,
+        validator=_rule(
+            "a positive int or None", _v.optional([_v.instance_of(int), not_bool, _v.gt(0)])
+        ),
+    )
+    llamacpp_backend: str | None = attrs.field(default=None, validator=_optional_string)
+    llamacpp_args: str | None = attrs.field(default=None, validator=_optional_string)
     extra_options: Mapping[str, LoadOption] = attrs.field(
         factory=lambda: MappingProxyType({}),
         converter=_freeze,
         validator=_check_options,
         hash=False,
     )
-
-    def __attrs_post_init__(self) -> None:
-        if self.ctx_size is not None and (
-            isinstance(self.ctx_size, bool)
-            or not isinstance(self.ctx_size, int)
-            or self.ctx_size <= 0
-        ):
-            raise ConfigError(f"slot {self.name!r}: ctx_size must be a positive int")
-        for field in ("llamacpp_backend", "llamacpp_args"):
-            value = getattr(self, field)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(
-                    f"slot {self.name!r}: {field} must be one string, got {type(value).__name__}"
-                )
 
     @property
     def load_options(self) -> dict[str, LoadOption]:

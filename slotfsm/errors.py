@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "ControllerClosedError",
     "Failure",
+    "FailureError",
     "ModelInUseError",
     "PreloadError",
     "RegistryError",
@@ -105,9 +106,34 @@ class Failure:
     def __str__(self) -> str:
         return f"{self.kind.name}: {self.message}"
 
+    def to_dict(self) -> dict[str, str | None]:
+        """The failure in plain JSON types; ``kind`` is its stable :attr:`PreloadError.code`."""
+        return {
+            "kind": self.kind.code,
+            "message": self.message,
+            "path": self.path,
+            "model": self.model,
+            "expected": self.expected,
+            "found": self.found,
+        }
+
 
 class SlotfsmError(Exception):
     """Base class of every exception slotfsm raises on purpose."""
+
+
+class FailureError(SlotfsmError):
+    """A :class:`Failure` raised as an exception, for callers that prefer them.
+
+    ``failure`` is the value the snapshot carries; ``str()`` is its one line.
+    """
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure)
+        self.failure = failure
+
+    def __str__(self) -> str:
+        return str(self.failure)
 
 
 class ControllerClosedError(SlotfsmError):

@@ -19,6 +19,13 @@ The checks run cheapest first and stop at the first failure:
 5. the sha256 of the whole file, from the same descriptor, in 4 MiB reads:
    ``SHA256_MISMATCH``; a read error is ``UNREADABLE``.
 
+An *unverified* entry (no sha256 in the registry, see
+:attr:`~slotfsm.registry.ModelEntry.verified`) goes through steps 1-4 and
+then, unless unverified entries are allowed (``allow_unverified=True`` or
+the entry's own ``allow_unverified``), fails step 5 as ``SHA256_MISMATCH``
+with ``expected`` None: there is nothing to compare the file with.  When
+allowed, it passes without being hashed.
+
 The sha256 step is skipped under :attr:`HashPolicy.FINGERPRINT` when a
 :class:`FingerprintCache` already holds this exact file state
 ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` with the expected
@@ -37,12 +44,17 @@ sha256.  Two rules keep that sound:
 
 The race this cannot close is the one ADR-0007 accepts: the file may be
 replaced or deleted between validation and Lemonade's own open.
+
+A :class:`FingerprintCache` can be kept in a file (:meth:`FingerprintCache.load`,
+:meth:`FingerprintCache.save`) that the command line and any number of
+controllers share: saves merge with what is on disk under a lock and replace
+the file atomically, and a damaged file reads as empty.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -51,10 +63,12 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from slotfsm._atomic import write_atomically
+import attrs
+
+from slotfsm._atomic import locked, write_atomically
 from slotfsm.errors import Failure, PreloadError, SlotfsmError
 from slotfsm.registry import ModelEntry
 
@@ -66,7 +80,6 @@ __all__ = [
     "ValidationStopped",
     "default_cache_path",
     "fingerprint_of",
-    "running_validations",
     "validate",
     "validate_sync",
 ]
@@ -85,6 +98,9 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(bytes_hashed, total_bytes)`` after every chunk."""
+
+Checkpoint = Callable[[], None]
+"""Called before every chunk; stops the hash by raising."""
 
 
 class HashPolicy(enum.StrEnum):
@@ -109,20 +125,32 @@ class FingerprintCache:
     """Which file states have already been hashed, and to which sha256.
 
     A bounded LRU map from :data:`Fingerprint` to a sha256, safe to share
-    between threads (validations run in worker threads).  ``min_age``
-    (seconds) is the "too recent to trust" rule of this module: see
-    :meth:`remember`.
+    between threads (hashes run in worker threads).  ``min_age`` (seconds)
+    is the "too recent to trust" rule of this module: see :meth:`remember`.
+
+    A cache read with :meth:`load` is bound to its file: :meth:`save` writes
+    back to it, and does nothing when nothing was remembered since
+    (:attr:`dirty`), so a controller may call it after every validation.
     """
 
-    def __init__(self, maxsize: int = 1024, *, min_age: float = 2.0) -> None:
+    def __init__(
+        self,
+        maxsize: int = 1024,
+        *,
+        min_age: float = 2.0,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         if min_age < 0:
             raise ValueError(f"min_age must be >= 0, got {min_age}")
         self.maxsize = maxsize
         self.min_age = min_age
+        self.path = None if path is None else Path(path)
+        """The file :meth:`save` writes to by default, or None."""
         self._lock = threading.Lock()
         self._entries: OrderedDict[Fingerprint, str] = OrderedDict()
+        self._dirty = False
 
     def lookup(self, fp: Fingerprint) -> str | None:
         """The sha256 verified for ``fp``, or None; marks it recently used."""
@@ -149,9 +177,15 @@ class FingerprintCache:
         with self._lock:
             self._entries[fp] = sha256.lower()
             self._entries.move_to_end(fp)
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+            self._trim()
+            self._dirty = True
         return True
+
+    @property
+    def dirty(self) -> bool:
+        """True when something was remembered since the cache was loaded or saved."""
+        with self._lock:
+            return self._dirty
 
     def __len__(self) -> int:
         with self._lock:
@@ -159,33 +193,88 @@ class FingerprintCache:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], maxsize: int = 1024, *, min_age: float = 2.0
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        maxsize: int = 1024,
+        *,
+        min_age: float = 2.0,
     ) -> FingerprintCache:
-        """Read a cache written by :meth:`save`.
+        """Read a cache file and bind the cache to it (see :attr:`path`).
 
-        A missing, unreadable or corrupt file gives an empty cache, never an
-        exception: the worst outcome of a lost cache is one more hash.
+        ``path`` defaults to :func:`default_cache_path`, the file the command
+        line uses.  A missing, unreadable or corrupt file gives an empty
+        cache, never an exception: the worst outcome of a lost cache is one
+        more hash.  Blocking (a small file read).
         """
-        cache = cls(maxsize, min_age=min_age)
-        try:
-            document = json.loads(Path(path).read_text(encoding="utf-8"))
-            rows = _parse_rows(document)
-        except (OSError, ValueError, TypeError):
-            return cache
-        for fp, sha256 in rows[-maxsize:]:
-            cache._entries[fp] = sha256
+        target = default_cache_path() if path is None else Path(path)
+        cache = cls(maxsize, min_age=min_age, path=target)
+        cache._entries.update(_read_rows(target)[-maxsize:])
         return cache
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the cache to ``path`` atomically (temp file, fsync, rename).
+    def save(self, path: str | os.PathLike[str] | None = None) -> bool:
+        """Merge the cache into its file; return whether the file was written.
 
-        The directory is created if needed.  Raises ``OSError`` when it
-        cannot be written.
+        Without ``path``, writes to :attr:`path`, and only when the cache is
+        :attr:`dirty`.  With ``path``, always writes there.  The write holds
+        an advisory lock on the file (a ``.<name>.lock`` file beside it),
+        re-reads what other writers left there, keeps the newest
+        ``maxsize`` of both (this cache's entries count as newer), replaces
+        the file atomically (temp file, fsync, rename) and takes the merged
+        entries in.  So the command line and any number of controllers can
+        share one file: none corrupts it and, where ``flock`` works, none
+        loses another's entries.  A damaged file is simply overwritten.
+
+        Blocking (fsync): from async code, run it in a worker thread.  The
+        directory is created if needed.  Raises ``OSError`` when the file
+        cannot be written, and ``ValueError`` when there is no path.
         """
+        target = self.path if path is None else Path(path)
+        if target is None:
+            raise ValueError("this cache has no file: give save() a path")
         with self._lock:
-            rows = [[*fp, sha256] for fp, sha256 in self._entries.items()]
-        text = json.dumps({"version": 1, "entries": rows}, separators=(",", ":"))
-        write_atomically(Path(path), text.encode("utf-8"))
+            if path is None and not self._dirty:
+                return False
+            ours = list(self._entries.items())
+            self._dirty = False
+        try:
+            with locked(target):
+                merged = OrderedDict(_read_rows(target))
+                for fp, sha256 in ours:
+                    merged[fp] = sha256
+                    merged.move_to_end(fp)
+                while len(merged) > self.maxsize:
+                    merged.popitem(last=False)
+                rows = [[*fp, sha256] for fp, sha256 in merged.items()]
+                text = json.dumps({"version": 1, "entries": rows}, separators=(",", ":"))
+                write_atomically(target, text.encode("utf-8"))
+        except BaseException:
+            with self._lock:
+                self._dirty = True
+            raise
+        self._take_in(merged.items())
+        return True
+
+    def _take_in(self, rows: Iterable[tuple[Fingerprint, str]]) -> None:
+        """Add entries other writers saved, as older than every entry held now."""
+        with self._lock:
+            entries = OrderedDict(rows)
+            for fp, sha256 in self._entries.items():
+                entries[fp] = sha256
+                entries.move_to_end(fp)
+            self._entries = entries
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+
+
+def _read_rows(path: Path) -> list[tuple[Fingerprint, str]]:
+    """The rows of a saved cache, oldest first; none when the file is missing or damaged."""
+    try:
+        return _parse_rows(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def _parse_rows(document: object) -> list[tuple[Fingerprint, str]]:
@@ -217,34 +306,6 @@ def default_cache_path() -> Path:
     return root / "slotfsm" / "fingerprints.json"
 
 
-# -- how many validations are running ----------------------------------------
-
-_running_lock = threading.Lock()
-_running = 0
-
-
-def running_validations() -> int:
-    """How many :func:`validate_sync` calls are running in this process.
-
-    For tests and diagnostics: after a cancelled :func:`validate` returns,
-    its worker has finished, so this count no longer includes it.
-    """
-    with _running_lock:
-        return _running
-
-
-@contextlib.contextmanager
-def _counted() -> Iterator[None]:
-    global _running
-    with _running_lock:
-        _running += 1
-    try:
-        yield
-    finally:
-        with _running_lock:
-            _running -= 1
-
-
 # -- the checks ---------------------------------------------------------------
 
 
@@ -255,6 +316,7 @@ def validate_sync(
     cache: FingerprintCache | None = None,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    allow_unverified: bool = False,
 ) -> Failure | None:
     """Check ``entry``'s file on disk (ADR-0007 §1); blocking.
 
@@ -264,24 +326,11 @@ def validate_sync(
     within one chunk and :class:`ValidationStopped` is raised.  With a
     ``cache``, a full pass is remembered, and under
     :attr:`HashPolicy.FINGERPRINT` a remembered file state skips the hash.
+    An entry without a sha256 fails unless ``allow_unverified`` or its own
+    ``allow_unverified`` says it may pass unhashed.
     """
-    with _counted():
-        st = _stat(entry)
-        if isinstance(st, Failure):
-            return st
-        failure = _check_type(entry, st) or _check_size(entry, st)
-        if failure is not None:
-            return failure
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            return _open_failure(entry, exc)
-        try:
-            return _check_contents(entry, fd, st, policy, cache, progress, stop)
-        except OSError as exc:
-            return _unreadable(entry, f"cannot read it: {_reason(exc)}")
-        finally:
-            os.close(fd)
+    checkpoint = None if stop is None else functools.partial(_raise_if_set, stop)
+    return _validate(entry, policy, cache, progress, checkpoint, allow_unverified)
 
 
 async def validate(
@@ -290,67 +339,157 @@ async def validate(
     policy: HashPolicy = HashPolicy.FINGERPRINT,
     cache: FingerprintCache | None = None,
     progress: ProgressCallback | None = None,
+    allow_unverified: bool = False,
 ) -> Failure | None:
-    """Check ``entry``'s file on disk (ADR-0007 §1) without blocking the loop.
+    """Check ``entry``'s file on disk (ADR-0007 §1) without blocking on a hash.
 
-    Runs :func:`validate_sync` in a worker thread (``progress`` is called
-    from that thread).  When the caller is cancelled, the worker is told to
-    stop and waited for (shielded) before the cancellation propagates, so a
-    cancelled validation returns within one chunk and leaves no thread
-    hashing on.
+    The same checks as :func:`validate_sync`.  The hash runs in a worker
+    thread (``progress`` is called from that thread) and stops within one
+    chunk when the caller is cancelled; the cancellation propagates once the
+    thread has stopped, so none is left hashing.
+
+    When the hash may turn out unnecessary (a ``cache`` under
+    :attr:`HashPolicy.FINGERPRINT`, or an unverified entry), the checks
+    before it (a ``stat``, an ``open``, a 4-byte read) run inline and a
+    cache hit finishes without a thread.  Otherwise everything runs in the
+    thread, so a hung file system stalls only this validation.
     """
-    import anyio  # here, not at the top: ``slotfsm validate`` never needs it
+    import anyio.from_thread  # here, not at the top: ``slotfsm validate`` never needs it
+    import anyio.lowlevel
     import anyio.to_thread
 
-    worker = _Worker(entry, policy, cache, progress)
+    if entry.verified and (cache is None or policy is HashPolicy.ALWAYS):  # it will hash
+        return await anyio.to_thread.run_sync(
+            _validate,
+            entry,
+            policy,
+            cache,
+            progress,
+            anyio.from_thread.check_cancelled,
+            allow_unverified,
+        )
+    await anyio.lowlevel.checkpoint()  # a cancellation point, as the thread hop would be
+    result = _inspect(entry, policy, cache, allow_unverified)
+    if not isinstance(result, _Pending):
+        return result
+    with result:
+        return await anyio.to_thread.run_sync(
+            _hash_pending, entry, result, cache, progress, anyio.from_thread.check_cancelled
+        )
+
+
+def _raise_if_set(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise ValidationStopped
+
+
+def _validate(
+    entry: ModelEntry,
+    policy: HashPolicy,
+    cache: FingerprintCache | None,
+    progress: ProgressCallback | None,
+    checkpoint: Checkpoint | None,
+    allow_unverified: bool,
+) -> Failure | None:
+    """Every check, in the calling thread."""
+    result = _inspect(entry, policy, cache, allow_unverified)
+    if not isinstance(result, _Pending):
+        return result
+    with result:
+        return _hash_pending(entry, result, cache, progress, checkpoint)
+
+
+@attrs.frozen
+class _Pending:
+    """A file that passed every check but the hash: its open descriptor and state.
+
+    The descriptor is closed when the ``with`` block around it ends.
+    """
+
+    fd: int
+    before: os.stat_result
+    taken_at_ns: int
+
+    def __enter__(self) -> _Pending:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
+
+
+def _inspect(
+    entry: ModelEntry,
+    policy: HashPolicy,
+    cache: FingerprintCache | None,
+    allow_unverified: bool,
+) -> Failure | _Pending | None:
+    """Steps 1-4 and the unverified and cache rules; a :class:`_Pending` if a hash must decide."""
+    st = _stat(entry)
+    if isinstance(st, Failure):
+        return st
+    failure = _check_type(entry, st) or _check_size(entry, st)
+    if failure is not None:
+        return failure
     try:
-        return await anyio.to_thread.run_sync(worker.run, abandon_on_cancel=True)
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return _open_failure(entry, exc)
+    handed_over = False
+    try:
+        pending = _Pending(fd, os.fstat(fd), time.time_ns())
+        failure = _check_same_file(entry, st, pending.before)
+        if failure is None and entry.gguf:
+            failure = _check_magic(entry, fd, pending.before.st_size)
+        if failure is None and entry.sha256 is None:
+            allowed = allow_unverified or entry.allow_unverified
+            failure = None if allowed else _unverified(entry)
+        elif failure is None and not _remembered(entry, pending.before, policy, cache):
+            handed_over = True
+            return pending
+    except OSError as exc:
+        failure = _unreadable(entry, f"cannot read it: {_reason(exc)}")
     finally:
-        if worker.stop():
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(worker.finished.wait)
+        if not handed_over:
+            os.close(fd)
+    return failure
 
 
-class _Worker:
-    """One validation in a worker thread that can be stopped and awaited."""
+def _remembered(
+    entry: ModelEntry, st: os.stat_result, policy: HashPolicy, cache: FingerprintCache | None
+) -> bool:
+    """True when the cache already verified this file state against the entry's sha256."""
+    if policy is not HashPolicy.FINGERPRINT or cache is None or entry.sha256 is None:
+        return False
+    return cache.lookup(fingerprint_of(st)) == entry.sha256
 
-    def __init__(
-        self,
-        entry: ModelEntry,
-        policy: HashPolicy,
-        cache: FingerprintCache | None,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self.entry = entry
-        self.policy = policy
-        self.cache = cache
-        self.progress = progress
-        self.finished = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._started = False
 
-    def run(self) -> Failure | None:
-        with self._lock:
-            if self._stop.is_set():  # abandoned before the thread picked it up
-                raise ValidationStopped
-            self._started = True
-        try:
-            return validate_sync(
-                self.entry,
-                policy=self.policy,
-                cache=self.cache,
-                progress=self.progress,
-                stop=self._stop,
-            )
-        finally:
-            self.finished.set()
-
-    def stop(self) -> bool:
-        """Tell the worker to stop; True if it started and is still running."""
-        with self._lock:
-            self._stop.set()
-            return self._started and not self.finished.is_set()
+def _hash_pending(
+    entry: ModelEntry,
+    pending: _Pending,
+    cache: FingerprintCache | None,
+    progress: ProgressCallback | None,
+    checkpoint: Checkpoint | None,
+) -> Failure | None:
+    """Step 5: hash the descriptor, compare, and remember a pass."""
+    fp = fingerprint_of(pending.before)
+    try:
+        digest = _hash_fd(pending.fd, pending.before.st_size, progress, checkpoint)
+        after = os.fstat(pending.fd)
+    except OSError as exc:
+        return _unreadable(entry, f"cannot read it: {_reason(exc)}")
+    if fingerprint_of(after) != fp:
+        return _changed_while_hashing(entry, pending.before, after)
+    if digest != entry.sha256:
+        return _failure(
+            PreloadError.SHA256_MISMATCH,
+            entry,
+            f"sha256 of {_describe(entry.path)} is {digest}, registry says {entry.sha256}",
+            expected=entry.sha256,
+            found=digest,
+        )
+    if cache is not None:
+        cache.remember(fp, digest, taken_at_ns=pending.taken_at_ns)
+    return None
 
 
 def _stat(entry: ModelEntry) -> os.stat_result | Failure:
@@ -400,7 +539,7 @@ def _kind_of_file(mode: int) -> str:
 
 
 def _check_size(entry: ModelEntry, st: os.stat_result) -> Failure | None:
-    if entry.size == 0 or st.st_size == entry.size:
+    if entry.size is None or st.st_size == entry.size:
         return None
     return _failure(
         PreloadError.SIZE_MISMATCH,
@@ -415,43 +554,6 @@ def _open_failure(entry: ModelEntry, exc: OSError) -> Failure:
     if isinstance(exc, FileNotFoundError):
         return _missing(entry)  # deleted between stat and open
     return _unreadable(entry, f"cannot open it: {_reason(exc)}")
-
-
-def _check_contents(
-    entry: ModelEntry,
-    fd: int,
-    st: os.stat_result,
-    policy: HashPolicy,
-    cache: FingerprintCache | None,
-    progress: ProgressCallback | None,
-    stop: threading.Event | None,
-) -> Failure | None:
-    """The checks that need the open descriptor: identity, magic, sha256."""
-    before = os.fstat(fd)
-    taken_at_ns = time.time_ns()
-    failure = _check_same_file(entry, st, before)
-    if failure is None and entry.gguf:
-        failure = _check_magic(entry, fd, before.st_size)
-    if failure is not None:
-        return failure
-    fp = fingerprint_of(before)
-    if policy is HashPolicy.FINGERPRINT and cache is not None and cache.lookup(fp) == entry.sha256:
-        return None
-    digest = _hash_fd(fd, before.st_size, progress, stop)
-    after = os.fstat(fd)
-    if fingerprint_of(after) != fp:
-        return _changed_while_hashing(entry, before, after)
-    if digest != entry.sha256:
-        return _failure(
-            PreloadError.SHA256_MISMATCH,
-            entry,
-            f"sha256 of {_describe(entry.path)} is {digest}, registry says {entry.sha256}",
-            expected=entry.sha256,
-            found=digest,
-        )
-    if cache is not None:
-        cache.remember(fp, digest, taken_at_ns=taken_at_ns)
-    return None
 
 
 def _check_same_file(
@@ -519,7 +621,7 @@ def _show_bytes(data: bytes) -> str:
 
 
 def _hash_fd(
-    fd: int, total: int, progress: ProgressCallback | None, stop: threading.Event | None
+    fd: int, total: int, progress: ProgressCallback | None, checkpoint: Checkpoint | None
 ) -> str:
     """sha256 of the file at ``fd`` from offset 0, one reused buffer."""
     digest = hashlib.sha256()
@@ -527,8 +629,8 @@ def _hash_fd(
     done = 0
     with open(fd, "rb", buffering=0, closefd=False) as file:
         while True:
-            if stop is not None and stop.is_set():
-                raise ValidationStopped
+            if checkpoint is not None:
+                checkpoint()
             count = file.readinto(buffer)
             if not count:
                 break
@@ -537,6 +639,16 @@ def _hash_fd(
             if progress is not None:
                 progress(done, total)
     return digest.hexdigest()
+
+
+def _unverified(entry: ModelEntry) -> Failure:
+    """The refusal of an entry without a sha256: ``expected`` None, nothing to compare with."""
+    return _failure(
+        PreloadError.SHA256_MISMATCH,
+        entry,
+        f"the registry has no sha256 for {_describe(entry.path)}, so it cannot be verified;"
+        " allow unverified entries to load it anyway",
+    )
 
 
 def _describe(path: str) -> str:

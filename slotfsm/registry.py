@@ -5,17 +5,25 @@ A :class:`ModelEntry` is what pre-load validation checks a file against
 name.  Every check on the values happens when an entry is built, so a bad
 registry fails when it is loaded, never later when a slot needs the model.
 
-:meth:`Registry.from_file` reads three shapes:
+:meth:`Registry.from_file` reads JSON or TOML in these shapes:
 
-* hal0's registry TOML: ``[[models]]`` tables with ``id``, ``name``,
-  ``path``, ``size_bytes`` and ``[models.metadata] sha256`` (other keys such
-  as ``capabilities`` and ``backends`` are ignored);
-* a plain JSON list of ``{name, path, sha256, size, gguf?}`` objects, either
-  at the top level or under a ``"models"`` key;
-* the same plain shape in TOML (``[[models]]`` tables).
+* hal0's registry, one table per model: ``[models.<id>]`` where the table key
+  is the Lemonade ``model_name`` (the table's ``name`` is a display name and
+  is ignored), with ``path``, ``size_bytes`` and ``[models.<id>.metadata]
+  sha256``;
+* hal0's older array form: ``[[models]]`` tables with an ``id`` (the model
+  name; it wins over ``name``) and the same fields.  A file is in this form
+  when any of its entries has an ``id``; an entry without a string ``id`` is
+  then refused, as hal0 skips it;
+* a plain list of ``{name, path, sha256, size}`` objects, at the top level or
+  under a ``"models"`` key (in TOML, ``[[models]]`` tables).
 
-In every shape, ``gguf`` is the entry's explicit ``gguf`` boolean when given,
-and otherwise whether the path ends in ``.gguf`` (case-insensitive).
+In every shape ``sha256`` may sit at the top level or under ``metadata``;
+without one the entry is *unverified* (see :attr:`ModelEntry.verified`).
+``size`` (or ``size_bytes``) absent or 0 means unknown.  ``gguf`` is the
+entry's explicit boolean when given, else whether the path ends in ``.gguf``
+(case-insensitive).  ``recipe`` and ``allow_unverified`` are read when given;
+every other key (``capabilities``, ``backends``, ``defaults``, ...) is ignored.
 """
 
 from __future__ import annotations
@@ -25,27 +33,37 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import attrs
 
+from slotfsm._validators import Validator, no_control_characters, not_bool, rule, short
 from slotfsm.errors import RegistryError, UnknownModelError
 
-__all__ = ["ModelEntry", "Registry"]
+__all__ = ["LoadedRegistry", "ModelEntry", "Registry", "SkippedEntry"]
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _path_to_str(value: object) -> object:
     """Turn an ``os.PathLike`` into ``str``; leave anything else for the check."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
+
+
+def _unknown_size(value: object) -> object:
+    """0 means unknown, stored as None; anything else is left for the check."""
+    return None if type(value) is int and value == 0 else value
+
+
+def _rule(what: str, *checks: Validator) -> Validator:
+    return rule(what, *checks, error=RegistryError, owner=lambda e: f"model entry {e.name!r}")
+
+
+_v = attrs.validators
 
 
 @attrs.frozen
@@ -55,56 +73,92 @@ class ModelEntry:
     ``name`` is the Lemonade ``model_name`` (non-empty, no control
     characters).  ``path`` is the model file (a ``str`` or any
     ``os.PathLike``, stored as ``str``).  ``sha256`` is 64 hex digits, stored
-    in lower case.  ``size`` is the size in bytes; **0 means unknown** and
-    skips the size check (the sha256 still has to match).  ``gguf`` says the
-    file must start with the GGUF magic; whisper, kokoro and sd-cpp assets
-    are not GGUF.
+    in lower case, or None when unknown: such an entry is *unverified* and
+    validation refuses it unless unverified entries are allowed, by the
+    caller or by this entry's ``allow_unverified`` (ADR-0007 §1).  ``size`` is
+    the size in bytes, or None when unknown (0 is taken as unknown and stored
+    as None); an unknown size skips the size check.  ``gguf`` says the file
+    must start with the GGUF magic; whisper, kokoro and sd-cpp assets are not
+    GGUF.  ``recipe`` (e.g. ``"flm"``) records which Lemonade backend the
+    server registered the model with; it is informational and never sent,
+    because ``/load`` ignores a ``recipe`` in its body (Lemonade 11.7.0).
 
     Invalid values raise :class:`~slotfsm.errors.RegistryError` naming the
     entry.
     """
 
-    name: str
-    path: str = attrs.field(converter=_path_to_str)
-    sha256: str = attrs.field(converter=_lower)
-    size: int
-    gguf: bool = True
+    name: str = attrs.field(
+        validator=[
+            _rule("a non-empty string", _v.instance_of(str), _v.min_len(1)),
+            _rule("free of control characters", no_control_characters),
+        ]
+    )
+    path: str = attrs.field(
+        converter=_path_to_str,
+        validator=[
+            _rule("a non-empty string or os.PathLike", _v.instance_of(str), _v.min_len(1)),
+            _rule("free of NUL", _v.not_(_v.matches_re("\x00", func=re.search))),
+        ],
+    )
+    sha256: str | None = attrs.field(
+        default=None,
+        converter=_lower,
+        validator=_rule(
+            "64 hex digits or None", _v.optional([_v.instance_of(str), _v.matches_re(_SHA256)])
+        ),
+    )
+    size: int | None = attrs.field(
+        default=None,
+        converter=_unknown_size,
+        validator=[
+            _rule("an integer number of bytes", _v.optional([_v.instance_of(int), not_bool])),
+            _rule(">= 0 (0 means unknown)", _v.optional(_v.ge(0))),
+        ],
+    )
+    gguf: bool = attrs.field(default=True, validator=_rule("true or false", _v.instance_of(bool)))
+    recipe: str | None = attrs.field(
+        default=None,
+        validator=_rule(
+            "a non-empty string or None", _v.optional([_v.instance_of(str), _v.min_len(1)])
+        ),
+    )
+    allow_unverified: bool = attrs.field(
+        default=False, validator=_rule("true or false", _v.instance_of(bool))
+    )
 
-    def __attrs_post_init__(self) -> None:
-        problem = _entry_problem(self)
-        if problem is not None:
-            raise RegistryError(f"model entry {self.name!r}: {problem}")
+    @property
+    def verified(self) -> bool:
+        """True when the registry gives a sha256 the file can be checked against."""
+        return self.sha256 is not None
 
 
-def _entry_problem(entry: ModelEntry) -> str | None:
-    """What is wrong with ``entry``, or None."""
-    name: object = entry.name
-    path: object = entry.path
-    sha256: object = entry.sha256
-    size: object = entry.size
-    gguf: object = entry.gguf
-    if not isinstance(name, str) or not name:
-        return f"name must be a non-empty string, got {name!r}"
-    if _CONTROL.search(name):
-        return "name must not contain control characters"
-    if not isinstance(path, str) or not path:
-        return f"path must be a non-empty string or os.PathLike, got {path!r}"
-    if "\x00" in path:
-        return "path must not contain NUL"
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-        return f"sha256 must be 64 hex digits, got {_short(sha256)}"
-    if isinstance(size, bool) or not isinstance(size, int):
-        return f"size must be an integer number of bytes, got {size!r}"
-    if size < 0:
-        return f"size must be >= 0 (0 means unknown), got {size}"
-    if not isinstance(gguf, bool):
-        return f"gguf must be true or false, got {gguf!r}"
-    return None
+@attrs.frozen
+class SkippedEntry:
+    """An entry :meth:`Registry.from_file` left out in lenient mode, and why.
+
+    ``where`` locates it in the file (``models[2]`` or ``models.<id>``);
+    ``name`` is its model name when it has one; ``reason`` says what is wrong.
+    """
+
+    where: str
+    name: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        label = f" ({self.name!r})" if self.name else ""
+        return f"{self.where}{label}: {self.reason}"
 
 
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+@attrs.frozen
+class LoadedRegistry:
+    """What ``Registry.from_file(path, strict=False)`` returns.
+
+    ``registry`` holds every sound entry; ``skipped`` the others, in file
+    order, each with its reason.
+    """
+
+    registry: Registry
+    skipped: tuple[SkippedEntry, ...]
 
 
 class Registry:
@@ -125,30 +179,65 @@ class Registry:
             by_name[entry.name] = entry
         self._by_name = by_name
 
+    @overload
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Registry:
+    def from_file(
+        cls, path: str | os.PathLike[str], *, strict: Literal[True] = True
+    ) -> Registry: ...
+
+    @overload
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, strict: Literal[False]
+    ) -> LoadedRegistry: ...
+
+    @overload
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, strict: bool
+    ) -> Registry | LoadedRegistry: ...
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, strict: bool = True
+    ) -> Registry | LoadedRegistry:
         """Load a registry from hal0's TOML or a plain JSON/TOML list.
 
-        Any problem (an unreadable or unparsable file, a missing path, a
+        Strict (the default): any problem with an entry (a missing path, a
         sha256 that is not 64 hex digits, a negative size, a duplicate name,
         a value of the wrong type) raises
-        :class:`~slotfsm.errors.RegistryError` naming the file and the entry
-        (its index and name).
+        :class:`~slotfsm.errors.RegistryError` naming the file and the entry.
+
+        Lenient (``strict=False``): such entries are left out and the result
+        is a :class:`LoadedRegistry` listing them with their reasons, so one
+        bad drop-in does not cost the whole registry.  A later duplicate of a
+        name is the one left out.
+
+        In both modes a file that cannot be read or parsed, or holds no list
+        or table of models, raises :class:`~slotfsm.errors.RegistryError`.
         """
         source = os.fspath(path)
-        items = _read_items(source)
-        entries: list[ModelEntry] = []
-        first_index: dict[str, int] = {}
-        for index, item in enumerate(items):
-            entry = _entry_from_item(source, index, item)
-            if entry.name in first_index:
-                raise RegistryError(
-                    f"{_where(source, index, item)}: duplicate model name {entry.name!r}"
-                    f" (also models[{first_index[entry.name]}])"
-                )
-            first_index[entry.name] = index
-            entries.append(entry)
-        return cls(entries)
+        entries: dict[str, ModelEntry] = {}
+        first_seen: dict[str, str] = {}
+        skipped: list[SkippedEntry] = []
+        for item in _read_items(source):
+            try:
+                entry = _entry_from_item(item)
+                if entry.name in entries:
+                    raise RegistryError(
+                        f"duplicate model name {entry.name!r} (also {first_seen[entry.name]})"
+                    )
+            except RegistryError as exc:
+                label = item.name if isinstance(item.name, str) and item.name else None
+                skip = SkippedEntry(item.where, label, str(exc))
+                if strict:
+                    raise RegistryError(f"{source}: {skip}") from None
+                skipped.append(skip)
+                continue
+            entries[entry.name] = entry
+            first_seen[entry.name] = item.where
+        registry = cls(entries.values())
+        return registry if strict else LoadedRegistry(registry, tuple(skipped))
 
     def __getitem__(self, name: str) -> ModelEntry:
         try:
@@ -185,19 +274,45 @@ class Registry:
         return f"no model named {name!r} in the registry (known: {known}{more})"
 
 
-def _read_items(source: str) -> list[object]:
-    """Parse ``source`` and return its list of model items."""
+_NO_NAME = object()
+
+
+class _Item(NamedTuple):
+    """One model item of a file, before it becomes an entry."""
+
+    where: str
+    """``models[INDEX]`` or ``models.KEY``."""
+    field: str
+    """Where its model name comes from: the table ``key``, ``id`` or ``name``."""
+    name: Any
+    """The model name as written (any type, checked by ModelEntry), or ``_NO_NAME``."""
+    value: object
+
+
+def _read_items(source: str) -> list[_Item]:
+    """Parse ``source`` and return its model items."""
     try:
         data = Path(source).read_bytes()
     except OSError as exc:
         raise RegistryError(f"{source}: cannot read the registry: {exc.strerror}") from exc
     document = _parse(source, data)
-    items = document.get("models") if isinstance(document, dict) else document
-    if not isinstance(items, list):
+    models = document.get("models") if isinstance(document, dict) else document
+    if isinstance(models, dict):
+        return [_Item(f"models.{key}", "key", key, item) for key, item in models.items()]
+    if not isinstance(models, list):
         raise RegistryError(
-            f"{source}: expected a list of models, or a 'models' list of tables/objects"
+            f"{source}: expected a list of models, or a 'models' list or table of tables/objects"
         )
-    return items
+    field = "id" if any(isinstance(item, dict) and "id" in item for item in models) else "name"
+    return [
+        _Item(
+            f"models[{index}]",
+            field,
+            item.get(field, _NO_NAME) if isinstance(item, dict) else _NO_NAME,
+            item,
+        )
+        for index, item in enumerate(models)
+    ]
 
 
 def _parse(source: str, data: bytes) -> object:
@@ -225,60 +340,35 @@ def _parse_toml(data: bytes) -> object:
     return tomllib.loads(data.decode("utf-8"))
 
 
-def _entry_from_item(source: str, index: int, item: object) -> ModelEntry:
-    """Build the entry of ``models[index]``, or raise a RegistryError naming it."""
-    where = _where(source, index, item)
+def _entry_from_item(source: _Item) -> ModelEntry:
+    """The entry an item describes, or a RegistryError saying what is wrong with it."""
+    name, item = source.name, source.value
     if not isinstance(item, dict):
-        raise RegistryError(f"{where}: expected a table/object, got {_short(item)}")
-    try:
-        fields = _fields_of(item)
-        return ModelEntry(**fields)
-    except RegistryError as exc:
-        raise RegistryError(f"{where}: {exc}") from None
-
-
-def _where(source: str, index: int, item: object) -> str:
-    """``FILE: models[INDEX] ('NAME')``, the name (or id) when there is one."""
-    where = f"{source}: models[{index}]"
-    label = (item.get("name") or item.get("id")) if isinstance(item, dict) else None
-    return f"{where} ({label!r})" if isinstance(label, str) and label else where
-
-
-def _fields_of(item: Mapping[str, Any]) -> dict[str, Any]:
-    """Map one item (hal0 or plain shape) to ModelEntry's fields."""
-    name = item.get("name") or item.get("id")
-    if name is None:
-        raise RegistryError("missing 'name' (or 'id')")
+        raise RegistryError(f"expected a table/object, got {short(item)}")
+    if name is _NO_NAME:
+        hal0 = " (hal0 skips entries without one)" if source.field == "id" else ""
+        raise RegistryError(f"missing '{source.field}'{hal0}")
     if "path" not in item:
         raise RegistryError("missing 'path'")
     path = item["path"]
-    return {
-        "name": name,
-        "path": path,
-        "sha256": _sha256_of(item),
-        "size": _size_of(item),
-        "gguf": item["gguf"] if "gguf" in item else _looks_gguf(path),
-    }
+    return ModelEntry(
+        name=name,
+        path=path,
+        sha256=_sha256_of(item),
+        size=item.get("size", item.get("size_bytes")),
+        gguf=item["gguf"] if "gguf" in item else _looks_gguf(path),
+        recipe=item.get("recipe"),
+        allow_unverified=item.get("allow_unverified", False),
+    )
 
 
 def _sha256_of(item: Mapping[str, Any]) -> object:
     if "sha256" in item:
         return item["sha256"]
-    metadata = item.get("metadata")
-    if metadata is None:
-        raise RegistryError("missing 'sha256' (or 'metadata.sha256')")
+    metadata = item.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise RegistryError(f"'metadata' must be a table, got {_short(metadata)}")
-    if "sha256" not in metadata:
-        raise RegistryError("missing 'metadata.sha256'")
-    return metadata["sha256"]
-
-
-def _size_of(item: Mapping[str, Any]) -> object:
-    for key in ("size", "size_bytes"):
-        if key in item:
-            return item[key]
-    raise RegistryError("missing 'size' (or 'size_bytes'; 0 means unknown)")
+        raise RegistryError(f"'metadata' must be a table, got {short(metadata)}")
+    return metadata.get("sha256")
 
 
 def _looks_gguf(path: object) -> bool:

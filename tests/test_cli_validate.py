@@ -160,15 +160,15 @@ def test_registry_form(
 ) -> None:
     path, data = model
     registry = write_registry(tmp_path, path, data)
-    status, out, _ = run(capsys, "validate", "--registry", str(registry), "Tiny-GGUF")
+    status, out, _ = run(capsys, "validate", "--registry", str(registry), "tiny")
     assert status == 0
-    assert out == f"ok: {path} (model 'Tiny-GGUF')\n"
+    assert out == f"ok: {path} (model 'tiny')\n"
 
     path.write_bytes(data[:-1] + b"!")
-    status, _, err = run(capsys, "validate", "--registry", str(registry), "Tiny-GGUF")
+    status, _, err = run(capsys, "validate", "--registry", str(registry), "tiny")
     assert status == 1
     assert err.startswith("SHA256_MISMATCH: ")
-    assert "'Tiny-GGUF'" in err
+    assert "'tiny'" in err
 
 
 def test_registry_unknown_name_exits_2(
@@ -179,7 +179,7 @@ def test_registry_unknown_name_exits_2(
     status, _, err = run(capsys, "validate", "--registry", str(registry), "nope")
     assert status == 2
     assert "no model named 'nope'" in err
-    assert "'Tiny-GGUF'" in err
+    assert "'tiny'" in err
 
 
 def test_bad_registry_exits_2_naming_file_and_entry(

@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -18,22 +22,24 @@ import anyio.to_thread
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from threads import threads_in
 
 from slotfsm import preload
-from slotfsm.errors import Failure, PreloadError
+from slotfsm.errors import Failure, FailureError, PreloadError, SlotfsmError
 from slotfsm.preload import (
     FingerprintCache,
     HashPolicy,
     ValidationStopped,
     default_cache_path,
     fingerprint_of,
-    running_validations,
     validate,
     validate_sync,
 )
 from slotfsm.registry import ModelEntry
 
 MiB = 1024 * 1024
+PROMPTLY = 10.0
+"""A bound on what takes milliseconds: it only turns a hang into a failure."""
 
 
 def gguf_bytes(payload: bytes = b"") -> bytes:
@@ -369,13 +375,81 @@ def test_sha256_mismatch_through_a_symlink_names_link_and_target(
     assert f"sha256 of {link} (symlink to {path}) is {sha(data)}" in failure.message
 
 
+# -- unverified entries ----------------------------------------------------------
+
+
+def test_an_unverified_entry_is_refused_without_a_hash(model: tuple[Path, bytes]) -> None:
+    path, data = model
+    progress = Calls()
+    unverified = entry_for(path, data, sha256=None)
+    assert not unverified.verified
+    failure = failed(validate_sync(unverified, progress=progress), PreloadError.SHA256_MISMATCH)
+    assert (failure.expected, failure.found) == (None, None)
+    assert f"the registry has no sha256 for {path}" in failure.message
+    assert "allow unverified" in failure.message
+    assert progress.calls == []
+
+
+@pytest.mark.parametrize("by", ["caller", "entry"])
+def test_an_allowed_unverified_entry_passes_unhashed(model: tuple[Path, bytes], by: str) -> None:
+    path, data = model
+    progress = Calls()
+    cache = FingerprintCache(min_age=0)
+    unverified = entry_for(path, data, sha256=None, allow_unverified=by == "entry")
+    result = validate_sync(
+        unverified, cache=cache, progress=progress, allow_unverified=by == "caller"
+    )
+    assert result is None
+    assert progress.calls == []
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "data", "size", "kind"),
+    [
+        ("gone.gguf", None, None, PreloadError.FILE_MISSING),
+        ("/dev/null", None, None, PreloadError.NOT_A_FILE),
+        ("model.gguf", gguf_bytes(bytes(100)), 10, PreloadError.SIZE_MISMATCH),
+        ("model.gguf", b"GGML" + bytes(100), None, PreloadError.BAD_MAGIC),
+    ],
+)
+def test_an_allowed_unverified_entry_still_gets_every_other_check(
+    tmp_path: Path, where: str, data: bytes | None, size: int | None, kind: PreloadError
+) -> None:
+    path = tmp_path / where
+    if data is not None:
+        write(path, data)
+    unverified = ModelEntry(name="test-model", path=path, size=size, allow_unverified=True)
+    failed(validate_sync(unverified), kind)
+
+
+def test_a_failure_as_plain_json_and_as_an_exception(model: tuple[Path, bytes]) -> None:
+    path, data = model
+    failure = failed(validate_sync(entry_for(path, data, size=1)), PreloadError.SIZE_MISMATCH)
+    as_dict = failure.to_dict()
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert as_dict == {
+        "kind": "size_mismatch",
+        "message": failure.message,
+        "path": str(path),
+        "model": "test-model",
+        "expected": "1",
+        "found": str(len(data)),
+    }
+    error = FailureError(failure)
+    assert isinstance(error, SlotfsmError)
+    assert error.failure is failure
+    assert str(error) == str(failure)
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), again.failure) == (FailureError, failure)
+
+
 def test_stop_event_stops_hashing(model: tuple[Path, bytes]) -> None:
     path, data = model
     stop = threading.Event()
     stop.set()
     with pytest.raises(ValidationStopped):
         validate_sync(entry_for(path, data), stop=stop)
-    assert running_validations() == 0
 
 
 # -- the fingerprint cache ----------------------------------------------------
@@ -417,6 +491,10 @@ def test_cache_refuses_a_fingerprint_too_recent_to_trust() -> None:
     assert not cache.remember((1, 3, 100, now, now - 3_000_000_000), "a" * 64, taken_at_ns=now)
 
 
+SAVED = [".fingerprints.json.lock", "fingerprints.json"]
+"""A saved cache and its lock file, and no temporary file."""
+
+
 def test_cache_save_load_roundtrip_keeps_lru_order(tmp_path: Path) -> None:
     cache = FingerprintCache(min_age=0)
     for n in range(5):
@@ -424,7 +502,7 @@ def test_cache_save_load_roundtrip_keeps_lru_order(tmp_path: Path) -> None:
     cache.lookup(fp(0))  # most recent now
     file = tmp_path / "deep" / "dir" / "fingerprints.json"
     cache.save(file)
-    assert [p.name for p in file.parent.iterdir()] == ["fingerprints.json"]
+    assert sorted(p.name for p in file.parent.iterdir()) == SAVED
 
     loaded = FingerprintCache.load(file)
     assert len(loaded) == 5
@@ -443,7 +521,7 @@ def test_cache_save_replaces_the_old_file(tmp_path: Path) -> None:
     cache.remember(fp(1), "a" * 64)
     cache.save(file)
     assert FingerprintCache.load(file).lookup(fp(1)) == "a" * 64
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fingerprints.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == SAVED
 
 
 def test_cache_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -451,7 +529,158 @@ def test_cache_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
     target.mkdir()  # os.replace onto a directory fails
     with pytest.raises(OSError):
         FingerprintCache().save(target)
-    assert [p.name for p in tmp_path.iterdir()] == ["fingerprints.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == SAVED
+
+
+def test_a_loaded_cache_saves_back_only_what_changed(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    first = FingerprintCache(min_age=0)
+    first.remember(fp(1), "a" * 64)
+    first.save(file)
+    cache = FingerprintCache.load(file, min_age=0)
+    assert (cache.path, cache.dirty) == (file, False)
+    file.write_text("changed by hand")
+    assert cache.save() is False  # nothing remembered since load: not written
+    assert file.read_text() == "changed by hand"
+    assert cache.remember(fp(2), "b" * 64)
+    assert cache.dirty
+    assert cache.save() is True
+    assert not cache.dirty
+    assert FingerprintCache.load(file).lookup(fp(2)) == "b" * 64
+    assert cache.save(tmp_path / "copy.json") is True  # an explicit path is always written
+    assert len(FingerprintCache.load(tmp_path / "copy.json")) == 2
+
+
+def test_a_cache_without_a_file_needs_a_path_to_save() -> None:
+    with pytest.raises(ValueError, match="no file"):
+        FingerprintCache().save()
+
+
+def test_load_defaults_to_the_command_lines_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = FingerprintCache.load(min_age=0)
+    assert cache.path == default_cache_path()
+    cache.remember(fp(1), "a" * 64)
+    assert cache.save()
+    assert FingerprintCache.load().lookup(fp(1)) == "a" * 64
+
+
+def test_saves_merge_with_what_other_writers_left(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    one = FingerprintCache.load(file, min_age=0)
+    two = FingerprintCache.load(file, min_age=0)
+    one.remember(fp(1), "a" * 64)
+    two.remember(fp(2), "b" * 64)
+    two.remember(fp(1), "a" * 64)
+    one.save()
+    two.save()
+    on_disk = FingerprintCache.load(file)
+    assert [on_disk.lookup(fp(n)) for n in (1, 2)] == ["a" * 64, "b" * 64]
+    one.remember(fp(3), "c" * 64)
+    one.save()
+    assert one.lookup(fp(2)) == "b" * 64  # took in what the other writer saved
+    assert len(FingerprintCache.load(file)) == 3
+
+
+def test_a_merge_keeps_the_newest_entries_within_maxsize(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    other = FingerprintCache(min_age=0)
+    for n in range(4):
+        other.remember(fp(n), f"{n}" * 64)
+    other.save(file)
+    cache = FingerprintCache(maxsize=3, min_age=0, path=file)
+    cache.remember(fp(9), "9" * 64)
+    cache.save()
+    saved = FingerprintCache.load(file)
+    assert len(saved) == 3
+    assert [saved.lookup(fp(n)) is not None for n in (9, 3, 2, 1, 0)] == [True] * 3 + [False] * 2
+    assert len(cache) == 3 and cache.lookup(fp(9)) == "9" * 64
+
+
+def test_a_damaged_file_is_overwritten_by_the_next_save(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    file.write_text('{"version": 1, "entries": [[1, 2')
+    cache = FingerprintCache.load(file, min_age=0)
+    assert len(cache) == 0  # one more hash, no error
+    cache.remember(fp(1), "a" * 64)
+    assert cache.save()
+    assert FingerprintCache.load(file).lookup(fp(1)) == "a" * 64
+
+
+def test_a_failed_save_leaves_the_cache_dirty(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    cache = FingerprintCache(min_age=0, path=file)
+    cache.remember(fp(1), "a" * 64)
+    file.mkdir()  # os.replace onto a directory fails
+    with pytest.raises(OSError):
+        cache.save()
+    assert cache.dirty
+    file.rmdir()
+    assert cache.save()
+
+
+def test_concurrent_savers_lose_nothing(tmp_path: Path) -> None:
+    """Threads saving to one file at once, each its own cache: every entry survives.
+
+    Each save opens its own lock file descriptor, so threads exclude each
+    other as processes do.
+    """
+    file = tmp_path / "fingerprints.json"
+    count = 8
+    ready = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def saver(n: int) -> None:
+        cache = FingerprintCache.load(file, min_age=0)
+        try:
+            ready.wait()
+            for round_ in range(5):
+                cache.remember(fp(n * 10 + round_), f"{n}" * 64)
+                cache.save()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    saved = FingerprintCache.load(file)
+    assert len(saved) == count * 5
+    assert all(saved.lookup(fp(n * 10 + r)) == f"{n}" * 64 for n in range(count) for r in range(5))
+
+
+SAVER = """
+import sys
+from slotfsm.preload import FingerprintCache
+file, n = sys.argv[1], int(sys.argv[2])
+for round_ in range(20):
+    cache = FingerprintCache.load(file, min_age=0)
+    cache.remember((1, n * 100 + round_, 100, 0, 0), str(n) * 64)
+    cache.save()
+"""
+
+
+def test_processes_saving_at_once_never_corrupt_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    FingerprintCache(min_age=0).save(file)
+    savers = [subprocess.Popen([sys.executable, "-c", SAVER, str(file), str(n)]) for n in range(3)]
+    while any(saver.poll() is None for saver in savers):
+        json.loads(file.read_text())  # whole at every instant
+    assert [saver.returncode for saver in savers] == [0, 0, 0]
+    assert len(FingerprintCache.load(file)) == 60
+
+
+def test_a_cache_file_that_cannot_be_locked_is_still_written_whole(tmp_path: Path) -> None:
+    file = tmp_path / "fingerprints.json"
+    (tmp_path / ".fingerprints.json.lock").mkdir()  # the lock file cannot be opened
+    cache = FingerprintCache(min_age=0, path=file)
+    cache.remember(fp(1), "a" * 64)
+    assert cache.save()
+    assert FingerprintCache.load(file).lookup(fp(1)) == "a" * 64
 
 
 GOOD_ROW = [1, 2, 3, 4, 5, "a" * 64]
@@ -730,47 +959,59 @@ def first_chunk_signal() -> tuple[threading.Event, Callable[[int, int], None], l
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("policy", [HashPolicy.ALWAYS, HashPolicy.FINGERPRINT])
 async def test_cancelling_validate_stops_the_worker_within_a_chunk(
-    big_file: tuple[Path, int],
+    big_file: tuple[Path, int], policy: HashPolicy
 ) -> None:
+    """Both ways to the hash (all in the thread; checks inline, then the thread) stop alike."""
     path, size = big_file
     entry = ModelEntry(name="big", path=path, sha256="0" * 64, size=size, gguf=False)
     started, progress, seen = first_chunk_signal()
     results: list[Failure | None] = []
+    cache = FingerprintCache(min_age=0)
 
     async def run() -> None:
-        results.append(await validate(entry, policy=HashPolicy.ALWAYS, progress=progress))
+        results.append(await validate(entry, policy=policy, cache=cache, progress=progress))
 
     async with anyio.create_task_group() as group:
         group.start_soon(run)
         await anyio.to_thread.run_sync(started.wait)
-        cancelled_at = time.monotonic()
+        assert threads_in(preload) == 1
         group.cancel_scope.cancel()
-    elapsed = time.monotonic() - cancelled_at
+        chunks_after_cancel = len(seen)
 
     assert results == []  # cancelled, not finished
-    assert running_validations() == 0  # the worker is done, not hashing on
+    assert threads_in(preload) == 0  # the worker is done, not hashing on
+    assert len(seen) <= chunks_after_cancel + 1  # at most the chunk in hand when cancelled
     assert seen[-1] < size  # stopped part-way
-    assert elapsed < 1.0, f"cancellation took {elapsed:.3f} s"
+    assert len(cache) == 0
+
+
+def hold_the_only_thread(
+    limiter: anyio.CapacityLimiter, gate: threading.Event
+) -> Callable[[], Any]:
+    """A task that takes the default limiter's only token until ``gate`` is set."""
+    limiter.total_tokens = 1
+
+    async def hold() -> None:
+        await anyio.to_thread.run_sync(gate.wait)
+
+    return hold
 
 
 @pytest.mark.anyio
 async def test_cancelling_a_validation_waiting_for_a_thread(model: tuple[Path, bytes]) -> None:
     path, data = model
     limiter = anyio.to_thread.current_default_thread_limiter()
-    limiter.total_tokens = 1
     gate = threading.Event()
     progress = Calls()
     done: list[Failure | None] = []
-
-    async def hold_the_token() -> None:
-        await anyio.to_thread.run_sync(gate.wait)
 
     async def run() -> None:
         done.append(await validate(entry_for(path, data), progress=progress))
 
     async with anyio.create_task_group() as outer:
-        outer.start_soon(hold_the_token)
+        outer.start_soon(hold_the_only_thread(limiter, gate))
         while limiter.borrowed_tokens == 0:
             await anyio.lowlevel.checkpoint()
         async with anyio.create_task_group() as inner:
@@ -781,4 +1022,61 @@ async def test_cancelling_a_validation_waiting_for_a_thread(model: tuple[Path, b
         gate.set()
     assert done == []
     assert progress.calls == []
-    assert running_validations() == 0
+    assert threads_in(preload) == 0
+
+
+@pytest.mark.anyio
+async def test_validate_remembers_a_pass_and_then_skips_the_hash(
+    model: tuple[Path, bytes],
+) -> None:
+    path, data = model
+    entry = entry_for(path, data)
+    cache = FingerprintCache(min_age=0)
+    first, second = Calls(), Calls()
+    assert await validate(entry, cache=cache, progress=first) is None
+    assert first.calls != [] and len(cache) == 1
+    assert await validate(entry, cache=cache, progress=second) is None
+    assert second.calls == []
+
+
+@pytest.mark.anyio
+async def test_what_needs_no_hash_needs_no_thread(model: tuple[Path, bytes]) -> None:
+    """A cache hit, an allowed unverified entry and a refusal finish with no worker thread free.
+
+    A miss under the same policy is then hashed in a thread once one is free.
+    """
+    path, data = model
+    entry = entry_for(path, data)
+    cache = FingerprintCache(min_age=0)
+    assert validate_sync(entry, cache=cache) is None  # remembered
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    gate = threading.Event()
+    results: list[Failure | None] = []
+
+    async def miss() -> None:
+        results.append(await validate(entry_for(path, data, sha256="4" * 64), cache=cache))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(hold_the_only_thread(limiter, gate))
+        while limiter.borrowed_tokens == 0:
+            await anyio.lowlevel.checkpoint()
+        try:
+            with anyio.fail_after(PROMPTLY):  # a hop to a thread would wait for the gate
+                progress = Calls()
+                assert await validate(entry, cache=cache, progress=progress) is None
+                assert progress.calls == []
+                unverified = entry_for(path, data, sha256=None)
+                assert await validate(unverified, cache=cache, allow_unverified=True) is None
+                failed(await validate(unverified, cache=cache), PreloadError.SHA256_MISMATCH)
+                failed(
+                    await validate(entry_for(path, data, size=1), cache=cache),
+                    PreloadError.SIZE_MISMATCH,
+                )
+            group.start_soon(miss)
+            while limiter.statistics().tasks_waiting == 0:
+                await anyio.lowlevel.checkpoint()
+            assert results == []  # the miss waits for a thread to hash in
+        finally:
+            gate.set()  # even on failure: the holding thread cannot be cancelled
+    assert len(results) == 1
+    failed(results[0], PreloadError.SHA256_MISMATCH)

@@ -23,8 +23,10 @@ import pytest
 import sniffio
 import trio
 from kit import ControllerFactory, virtual_time
+from threads import threads_in
 
 import slotfsm.controller
+import slotfsm.preload
 from faults.storm import Storm, StormSettings, ValidationSpy, World
 from slotfsm import (
     ConfigError,
@@ -43,7 +45,6 @@ from slotfsm import (
     UnknownSlotError,
 )
 from slotfsm.errors import Failure
-from slotfsm.preload import running_validations
 from slotfsm.stream import TransitionStream
 from slotfsm.testing import FakeLemonade, FakeModel
 
@@ -272,7 +273,7 @@ async def leave_while(
             await busy()
             sent = len(fake.requests)
     assert len(closed) == 1 and "closed" in str(closed[0])
-    assert running_validations() == 0
+    assert threads_in(slotfsm.preload) == 0
     assert live_tasks() == tasks
     assert fake.loads_in_flight == 0
     assert [r.route for r in fake.requests[sent:]] == []  # nothing sent on the way out
@@ -300,7 +301,7 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
 
     async def hashing() -> None:
         await anyio.to_thread.run_sync(started.wait)
-        assert running_validations() == 1
+        assert threads_in(slotfsm.preload) == 1
 
     await leave_while(fake, ctl, caplog, "big", "big", hashing)
     assert 0 < hashed[-1] < size  # leaving stopped the hash part-way: it did not wait for it
@@ -386,7 +387,7 @@ BAD_SLOTS: list[tuple[str, Callable[[], SlotConfig], str]] = [
     ("NUL", lambda: SlotConfig("a\x00"), "control characters"),
     ("DEL", lambda: SlotConfig("a\x7f"), "control characters"),
     ("negative load", lambda: SlotConfig("a", load_timeout=-1), "load_timeout must be finite"),
-    ("zero load", lambda: SlotConfig("a", load_timeout=0), "load_timeout must be > 0"),
+    ("zero load", lambda: SlotConfig("a", load_timeout=0), "load_timeout must be finite and > 0"),
     ("NaN load", lambda: SlotConfig("a", load_timeout=NAN), "load_timeout must be finite"),
     ("inf load", lambda: SlotConfig("a", load_timeout=INF), "load_timeout must be finite"),
     ("-inf load", lambda: SlotConfig("a", load_timeout=-INF), "load_timeout must be finite"),

@@ -442,3 +442,27 @@ async def test_file_that_grows_while_it_is_hashed(
         holds(ctl.snapshot("b"), "beta")
         holds(await ctl.load("c", "gamma"), "gamma")
     assert loads_of(fake, "alpha") == []
+
+
+async def test_an_unverified_entry_is_refused_before_the_server_hears_of_it(
+    fake: FakeLemonade, models: dict[str, ModelEntry]
+) -> None:
+    """A drop-in without sha256 (hal0 scans such files) fails validation by default.
+
+    The file itself is sound; nothing is sent for it, and the bystander keeps
+    its model.
+    """
+    drop_in = ModelEntry(name="drop-in", path=models["alpha"].path, size=None)
+    fake.add_model("drop-in")
+    async with fake.serve() as url, controller(url, [*models.values(), drop_in]) as ctl:
+        holds(await ctl.load("b", "beta"), "beta")
+        snap = await ctl.load("a", "drop-in")
+        failed(
+            snap,
+            SlotState.ERROR,
+            PreloadError.SHA256_MISMATCH,
+            f"the registry has no sha256 for {drop_in.path}",
+        )
+        assert snap.error is not None and snap.error.expected is None
+        holds(ctl.snapshot("b"), "beta")
+    assert loads_of(fake, "drop-in") == []
