@@ -57,6 +57,7 @@ class Courier:
         self._task_group = task_group
         self._cleaning: dict[str, anyio.Event] = {}
         self._origins: dict[str, str | None] = {}
+        self._again: set[str] = set()
         self.cleanups = 0
         """How many clean-up ``/unload`` requests were sent."""
 
@@ -85,7 +86,10 @@ class Courier:
         When the server unloaded it, ``cleaned(name, origin)`` reports it.
         """
         entry = self._ledger.get(name)
-        if entry is None or entry.owner is not None or entry.cleaning:
+        if entry is None or entry.owner is not None:
+            return
+        if entry.cleaning:  # once it answers, look again: a load may have landed meanwhile
+            self._again.add(name)
             return
         ticket = self._ledger.sent(name, None, "unload")
         ticket.abandoned = True
@@ -138,6 +142,11 @@ class Courier:
                 self._cleaned(ticket.name, self._origins.pop(ticket.name, None))
             else:
                 self._origins.pop(ticket.name, None)
+            if ticket.name in self._again:
+                self._again.discard(ticket.name)
+                entry = self._ledger.get(ticket.name)
+                if entry is not None and entry.stray:
+                    self.clean_up(ticket.name)
         if waiter is not None:
             waiter[1].append(outcome)
             waiter[0].set()

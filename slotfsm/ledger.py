@@ -74,6 +74,8 @@ class Ticket:
     kind: str  # "load" or "unload"
     abandoned: bool = False
     answer: Answer | None = None
+    quiet_since: int | None = None
+    """For an unload: the entry's load count when it was sent with no load in flight."""
 
 
 @attrs.define
@@ -99,6 +101,9 @@ class Entry:
     """The clean-up ``/unload`` is in flight."""
     settled_seq: int = 0
     """The sequence number taken when the latest request for the name was answered."""
+    loads_seen: int = 0
+    """Loads of this name sent or answered so far: an unload proves absence only if none
+    happened while it was in flight."""
     tries: int = 0
     skip: int = 0
 
@@ -249,14 +254,18 @@ class Ledger:
     def sent(self, name: str, slot: str | None, kind: str) -> Ticket:
         """A request is about to be sent; the returned ticket follows it."""
         entry = self._entries.setdefault(name, Entry(name))
+        ticket = Ticket(name, slot, kind)
         if kind == "load":
             entry.loads += 1
+            entry.loads_seen += 1
         else:
             entry.unloads += 1
             if slot is None:
                 entry.cleaning = True
+            if not entry.loads:
+                ticket.quiet_since = entry.loads_seen
         self._changed()
-        return Ticket(name, slot, kind)
+        return ticket
 
     def abandoned(self, ticket: Ticket) -> None:
         """The slot stopped waiting for ``ticket``'s answer (its timer fired, or a cancel).
@@ -291,6 +300,7 @@ class Ledger:
             entry.settled_seq = self._sequence()
         if ticket.kind == "load":
             entry.loads -= 1
+            entry.loads_seen += 1
             if ticket.abandoned:
                 entry.arrivals -= 1
             if answer in (Answer.DONE, Answer.REFUSED):
@@ -303,7 +313,8 @@ class Ledger:
             entry.unloads -= 1
             if ticket.slot is None:
                 entry.cleaning = False
-            if answer in (Answer.DONE, Answer.NOT_LOADED) and entry.loads == 0:
+            proof = ticket.quiet_since == entry.loads_seen  # no load sent or answered meanwhile
+            if answer in (Answer.DONE, Answer.NOT_LOADED) and proof:
                 entry.stray = False
                 entry.tries = 0
             elif answer in (Answer.REFUSED, Answer.LOST):
