@@ -31,7 +31,15 @@ import pytest
 from checks import failed, holds, loads_of
 
 import slotfsm.controller
-from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
+from slotfsm import (
+    Controller,
+    Failure,
+    ModelEntry,
+    PreloadError,
+    SlotConfig,
+    SlotSnapshot,
+    SlotState,
+)
 from slotfsm.testing import FakeLemonade
 from slotfsm.testing.files import Flaw, gguf_bytes, write_model
 
@@ -95,6 +103,32 @@ async def load_across_the_race(
         change()
         fake.release(model)
     return result[slot]
+
+
+async def refused(
+    fake: FakeLemonade,
+    entries: Iterable[ModelEntry],
+    model: str,
+    kind: PreloadError,
+    *facts: str,
+    within: float = PROMPTLY,
+) -> Failure:
+    """Load ``model`` into slot ``a`` while ``b`` holds beta; return the failure.
+
+    The load fails with ``kind`` saying every fact, within ``within``
+    seconds; nothing is sent for ``model``; ``b`` keeps beta and ``c`` can
+    still load gamma.
+    """
+    async with fake.serve() as url, controller(url, entries) as ctl:
+        holds(await ctl.load("b", "beta"), "beta")
+        with anyio.fail_after(within):
+            snap = await ctl.load("a", model)
+        failed(snap, SlotState.ERROR, kind, *facts)
+        holds(ctl.snapshot("b"), "beta")
+        holds(await ctl.load("c", "gamma"), "gamma")
+    assert loads_of(fake, model) == []
+    assert snap.error is not None
+    return snap.error
 
 
 # -- the accepted race: the file changes between validation and /load ----------------------
@@ -270,18 +304,13 @@ async def test_permission_denied(
     """EACCES from ``os.open`` (simulated: the tests run as root)."""
     path = models["alpha"].path
     deny_open(monkeypatch, path)
-    async with fake.serve() as url, controller(url, models.values()) as ctl:
-        holds(await ctl.load("b", "beta"), "beta")
-        snap = await ctl.load("a", "alpha")
-        failed(
-            snap,
-            SlotState.ERROR,
-            PreloadError.UNREADABLE,
-            f"model file {path}: cannot open it: Permission denied (model 'alpha')",
-        )
-        holds(ctl.snapshot("b"), "beta")
-        holds(await ctl.load("c", "gamma"), "gamma")
-    assert loads_of(fake, "alpha") == []
+    await refused(
+        fake,
+        models.values(),
+        "alpha",
+        PreloadError.UNREADABLE,
+        f"model file {path}: cannot open it: Permission denied (model 'alpha')",
+    )
 
 
 async def test_symlink_to_a_sound_file_is_followed(
@@ -308,19 +337,15 @@ async def test_symlink_to_a_bad_file_names_its_target(
     link.parent.mkdir()
     link.symlink_to(target)
     entries = {**models, "alpha": attrs.evolve(models["alpha"], path=str(link))}
-    async with fake.serve() as url, controller(url, entries.values()) as ctl:
-        holds(await ctl.load("b", "beta"), "beta")
-        snap = await ctl.load("a", "alpha")
-        failed(
-            snap,
-            SlotState.ERROR,
-            PreloadError.SHA256_MISMATCH,
-            f"sha256 of {link} (symlink to {await anyio.Path(target).resolve()}) is ",
-        )
-        assert snap.error is not None and snap.error.path == str(link)
-        holds(ctl.snapshot("b"), "beta")
-        holds(await ctl.load("c", "gamma"), "gamma")
-    assert loads_of(fake, "alpha") == []
+    resolved = await anyio.Path(target).resolve()
+    failure = await refused(
+        fake,
+        entries.values(),
+        "alpha",
+        PreloadError.SHA256_MISMATCH,
+        f"sha256 of {link} (symlink to {resolved}) is ",
+    )
+    assert failure.path == str(link)
 
 
 async def test_dangling_symlink(
@@ -331,19 +356,14 @@ async def test_dangling_symlink(
     link.parent.mkdir()
     link.symlink_to(target)
     entries = {**models, "alpha": attrs.evolve(models["alpha"], path=str(link))}
-    async with fake.serve() as url, controller(url, entries.values()) as ctl:
-        holds(await ctl.load("b", "beta"), "beta")
-        snap = await ctl.load("a", "alpha")
-        failed(
-            snap,
-            SlotState.ERROR,
-            PreloadError.FILE_MISSING,
-            f"model file {link} is a dangling symlink to {await anyio.Path(target).resolve()},"
-            " which does not exist",
-        )
-        holds(ctl.snapshot("b"), "beta")
-        holds(await ctl.load("c", "gamma"), "gamma")
-    assert loads_of(fake, "alpha") == []
+    resolved = await anyio.Path(target).resolve()
+    await refused(
+        fake,
+        entries.values(),
+        "alpha",
+        PreloadError.FILE_MISSING,
+        f"model file {link} is a dangling symlink to {resolved}, which does not exist",
+    )
 
 
 async def check_not_a_file(
@@ -357,23 +377,17 @@ async def check_not_a_file(
     path = os.fspath(path)
     entry = ModelEntry(name="odd", path=path, sha256=models["alpha"].sha256, size=4096)
     fake.add_model("odd")
-    async with fake.serve() as url, controller(url, [*models.values(), entry]) as ctl:
-        holds(await ctl.load("b", "beta"), "beta")
-        assert models["beta"].path in opened  # the recorder sees validation's opens
-        with anyio.fail_after(AT_ONCE):
-            snap = await ctl.load("a", "odd")
-        failed(
-            snap,
-            SlotState.ERROR,
-            PreloadError.NOT_A_FILE,
-            f"{path} is a {what}, not a regular file",
-        )
-        assert snap.error is not None
-        assert (snap.error.expected, snap.error.found) == ("regular file", what)
-        holds(ctl.snapshot("b"), "beta")
-        holds(await ctl.load("c", "gamma"), "gamma")
+    failure = await refused(
+        fake,
+        [*models.values(), entry],
+        "odd",
+        PreloadError.NOT_A_FILE,
+        f"{path} is a {what}, not a regular file",
+        within=AT_ONCE,
+    )
+    assert (failure.expected, failure.found) == ("regular file", what)
+    assert models["beta"].path in opened  # the recorder sees validation's opens
     assert path not in opened
-    assert loads_of(fake, "odd") == []
 
 
 async def test_directory_is_not_a_file(
@@ -449,20 +463,15 @@ async def test_an_unverified_entry_is_refused_before_the_server_hears_of_it(
 ) -> None:
     """A drop-in without sha256 (hal0 scans such files) fails validation by default.
 
-    The file itself is sound; nothing is sent for it, and the bystander keeps
-    its model.
+    The file itself is sound; nothing is sent for it.
     """
     drop_in = ModelEntry(name="drop-in", path=models["alpha"].path, size=None)
     fake.add_model("drop-in")
-    async with fake.serve() as url, controller(url, [*models.values(), drop_in]) as ctl:
-        holds(await ctl.load("b", "beta"), "beta")
-        snap = await ctl.load("a", "drop-in")
-        failed(
-            snap,
-            SlotState.ERROR,
-            PreloadError.SHA256_MISMATCH,
-            f"the registry has no sha256 for {drop_in.path}",
-        )
-        assert snap.error is not None and snap.error.expected is None
-        holds(ctl.snapshot("b"), "beta")
-    assert loads_of(fake, "drop-in") == []
+    failure = await refused(
+        fake,
+        [*models.values(), drop_in],
+        "drop-in",
+        PreloadError.SHA256_MISMATCH,
+        f"the registry has no sha256 for {drop_in.path}",
+    )
+    assert failure.expected is None
