@@ -113,6 +113,8 @@ class SlotActor:
         reconcile: Callable[[], Awaitable[None]],
         sequence: Callable[[], int],
         publish: Callable[[SlotTransition], None],
+        next_id: Callable[[], int] = lambda: 0,
+        wall_offset: float = 0.0,
         history: int = 32,
         state: SlotState = SlotState.IDLE,
         data: SlotData | None = None,
@@ -126,6 +128,8 @@ class SlotActor:
         self._reconcile = reconcile
         self._sequence = sequence
         self._publish = publish
+        self._next_id = next_id
+        self._wall_offset = wall_offset  # wall-clock seconds = monotonic + this
         self._machine = SlotMachine(config, data)
         rulebook.attach(self._machine, state)
         self._send, self._receive = anyio.create_memory_object_stream[_Envelope](math.inf)
@@ -138,6 +142,7 @@ class SlotActor:
         self._doing = ""  # what the load work is doing now, for the timer's message
         self._answered = False  # the load of the current visit to ``loading`` answered
         self._task_group: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
         self._sync()
         self._snapshot = self._make_snapshot()
 
@@ -185,18 +190,19 @@ class SlotActor:
         self._since = anyio.current_time()
         self._snapshot = self._make_snapshot()
         try:
-            async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
-                self._arm_timer()
-                task_status.started()
-                while True:
-                    try:  # drain what is queued without a scheduling round-trip per event
-                        envelope = self._receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        envelope = await self._receive.receive()
-                    self._handle(envelope)
-                    if envelope.handled is not None:
-                        envelope.handled()
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    self._arm_timer()
+                    task_status.started()
+                    while True:
+                        try:  # drain what is queued without a scheduling round-trip per event
+                            envelope = self._receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            envelope = await self._receive.receive()
+                        self._handle(envelope)
+                        if envelope.handled is not None:
+                            envelope.handled()
         finally:
             self._send.close()
             unanswered = [*self._waiting, *(e.reply for e in self._postponed if e.reply)]
@@ -244,6 +250,15 @@ class SlotActor:
             self._sync()
         if step.notable:
             self._record(step, before, getattr(event, "at", None))
+        elif (before.in_use == 0) != (self._machine.data.in_use == 0):
+            serving = "serving: in use" if before.in_use == 0 else "no longer in use"
+            state = self.state
+            model = self._machine.data.model
+            self._keep(
+                SlotTransition(
+                    self.name, state, state, "use", anyio.current_time(), model, None, serving
+                )
+            )
         for effect in step.effects:
             self._start(effect)
         if step.changed_state:
@@ -278,15 +293,26 @@ class SlotActor:
         self._epoch += 1
         self._since = anyio.current_time()
 
-    def note(self, reason: str, model: str) -> None:
-        """Record and publish something the ledger did for this slot (its state stays)."""
+    def note(self, trigger: str, reason: str, model: str | None = None) -> None:
+        """Record and publish something done for this slot from outside its rules.
+
+        The state stays; ``trigger`` names what happened (``cleanup``,
+        ``slot_added``, ``reconfigured`` ...).
+        """
         state = self.state
-        self._keep(
-            SlotTransition(
-                self.name, state, state, "cleanup", anyio.current_time(), model, None, reason
-            )
-        )
+        now = anyio.current_time()
+        self._keep(SlotTransition(self.name, state, state, trigger, now, model, None, reason))
         self._snapshot = self._make_snapshot()
+
+    def reconfigure(self, config: SlotConfig) -> None:
+        """Use ``config`` from the next decision on (a running timer keeps its length)."""
+        self.config = config
+        self._machine.config = config
+
+    def stop(self) -> None:
+        """Stop the actor (its :meth:`run` returns; whoever waits is answered)."""
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _sync(self) -> None:
         """Tell the ledger what this slot owns now (it is the only writer of that)."""
@@ -343,8 +369,20 @@ class SlotActor:
         self._keep(record)
 
     def _keep(self, record: SlotTransition) -> None:
+        """Number, keep, log (one line) and publish a record."""
+        record = attrs.evolve(record, id=self._next_id(), wall_at=record.at + self._wall_offset)
         self._history.append(record)
-        (logger.warning if record.failure else logger.info)("%s", record)
+        failure = record.failure
+        (logger.warning if failure else logger.info)(
+            "%s",
+            record,
+            extra={
+                "slot": record.slot,
+                "model": record.model,
+                "trigger": record.trigger,
+                "failure": failure.kind.code if failure is not None else None,
+            },
+        )
         try:
             self._publish(record)
         except Exception:  # a subscriber's defect must not stop the slot
@@ -363,6 +401,8 @@ class SlotActor:
             since=self._since,
             in_use=data.in_use,
             history=tuple(self._history),
+            unverified=data.unverified and data.model is not None,
+            wall_since=self._since + self._wall_offset,
         )
 
     # -- state-owned work ----------------------------------------------------------------

@@ -25,9 +25,10 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Self
+from typing import Self, overload
 
 import anyio
 import attrs
@@ -44,14 +45,14 @@ from slotfsm.errors import (
     SlotfsmError,
     UnknownSlotError,
 )
-from slotfsm.events import Load, Observed, Reset, Unload, UseChanged
-from slotfsm.idle import IdleWatcher
+from slotfsm.events import Cancel, Load, Observed, Reset, Unload, UseChanged
+from slotfsm.idle import IdleWatcher, Reading
 from slotfsm.ledger import Ledger, Phase
 from slotfsm.lemonade import Health, LemonadeClient
 from slotfsm.preload import FingerprintCache, HashPolicy, validate
 from slotfsm.registry import ModelEntry, Registry
 from slotfsm.rulebook import Rulebook
-from slotfsm.snapshot import SlotSnapshot, SlotTransition
+from slotfsm.snapshot import Gap, SlotSnapshot, SlotTransition
 from slotfsm.statefile import Record, StateLock, check_path, read_state, write_state
 from slotfsm.states import SlotData, SlotState
 from slotfsm.stream import TransitionHub, TransitionStream
@@ -87,7 +88,12 @@ class Controller:
     file is hashed again (see :mod:`slotfsm.preload`).  ``state_path`` keeps
     the residency ledger across restarts (one running controller per file).
     ``transport`` replaces the HTTP transport (the testing kit's in-process
-    fake uses it).
+    fake uses it).  ``cache_path`` keeps the fingerprint cache in a file that
+    survives restarts and that controllers and the command line share (off by
+    default; pass :func:`slotfsm.preload.default_cache_path` to share the
+    command line's).  ``allow_unverified`` lets entries without a sha256 load
+    after the checks that can run (off by default: ADR-0007 §1).
+    ``transition_ring`` is how many records ``transitions(since=...)`` can replay.
     """
 
     def __init__(
@@ -103,6 +109,9 @@ class Controller:
         transport: httpx.AsyncBaseTransport | None = None,
         http_timeout: float = 10.0,
         history: int = 32,
+        cache_path: str | os.PathLike[str] | None = None,
+        allow_unverified: bool = False,
+        transition_ring: int = 1024,
     ) -> None:
         self._registry = registry if isinstance(registry, Registry) else Registry(registry)
         self._configs: dict[str, SlotConfig] = {}
@@ -125,15 +134,20 @@ class Controller:
                 f"hash_policy must be one of {choices}, got {hash_policy!r}"
             ) from None
         self._cache = FingerprintCache()
+        self._cache_path = cache_path
+        self._cache_dirty: anyio.Event | None = None
+        self._allow_unverified = bool(allow_unverified)
+        self._wall_offset = 0.0
         self._state_path = state_path
         self._history = history
         self._rulebook = Rulebook()
-        self._hub = TransitionHub()
+        self._hub = TransitionHub(transition_ring)
         self._sequence = itertools.count(1).__next__
         self._ledger = Ledger(self._sequence, self._ledger_changed)
         self._requests: TaskGroup | None = None
         self._courier = Courier(self._client, self._ledger, self._request_group, self._cleaned)
         self._actors: dict[str, SlotActor] = {}
+        self._actor_group: TaskGroup | None = None
         self._watcher = IdleWatcher(self._client, self._deliver, self._sequence, poll_interval)
         self._exit: contextlib.AsyncExitStack | None = None
         self._started = False
@@ -162,17 +176,26 @@ class Controller:
                 lock.acquire()
                 stack.callback(lock.release)
             stack.push_async_callback(self._client.aclose)
+            self._wall_offset = time.time() - anyio.current_time()
+            self._watcher.wall_offset = self._wall_offset
+            if self._cache_path is not None:
+                path = self._cache_path
+                self._cache = await anyio.to_thread.run_sync(lambda: FingerprintCache.load(path))
             resumed = await self._resume()
             stack.push_async_callback(self._say_goodbye)
             self._requests = await self._task_group(stack)
             actors = await self._task_group(stack)
+            self._actor_group = actors
             for name, config in self._configs.items():
                 await self._start_actor(actors, config, *resumed.get(name, (SlotState.IDLE, None)))
-            self._actor_group = actors
             if self._state_path is not None:
                 self._state_dirty = anyio.Event()
                 self._state_dirty.set()
                 (await self._task_group(stack)).start_soon(self._keep_state_file)
+            if self._cache_path is not None:
+                self._cache_dirty = anyio.Event()
+                stack.push_async_callback(self._save_cache)
+                (await self._task_group(stack)).start_soon(self._keep_cache_file)
             await (await self._task_group(stack)).start(self._watcher.run)
             self._running = True
             self._exit = stack.pop_all()
@@ -197,8 +220,19 @@ class Controller:
         return group
 
     async def _start_actor(
-        self, group: TaskGroup, config: SlotConfig, state: SlotState, data: SlotData | None
-    ) -> None:
+        self,
+        group: TaskGroup,
+        config: SlotConfig,
+        state: SlotState = SlotState.IDLE,
+        data: SlotData | None = None,
+    ) -> SlotActor:
+        actor = self._make_actor(config, state, data)
+        await group.start(actor.run)
+        return actor
+
+    def _make_actor(
+        self, config: SlotConfig, state: SlotState = SlotState.IDLE, data: SlotData | None = None
+    ) -> SlotActor:
         actor = SlotActor(
             config,
             self._rulebook,
@@ -208,12 +242,14 @@ class Controller:
             reconcile=self._reconcile_after_load,
             sequence=self._sequence,
             publish=self._on_transition,
+            next_id=self._hub.next_id,
+            wall_offset=self._wall_offset,
             history=self._history,
             state=state,
             data=data,
         )
         self._actors[config.name] = actor
-        await group.start(actor.run)
+        return actor
 
     async def _say_goodbye(self) -> None:
         """Last words: what stays on the server, the final state file, and release."""
@@ -283,6 +319,128 @@ class Controller:
         """
         return await self._actor(slot).command(Reset())
 
+    async def cancel(self, slot: str) -> SlotSnapshot:
+        """Stop what ``slot`` is doing now; return the settled snapshot.
+
+        A running validation stops within one chunk; a ``/load`` the slot
+        waits for is abandoned — its possible late arrival is followed and
+        cleaned up like a timeout's (ADR-0007 §4).  The slot settles with a
+        ``CANCELLED`` failure, keeping a model it still holds (a swap
+        cancelled while the new file was validated).  Commands queued behind
+        still run.  On a settled slot it changes nothing.
+        """
+        return await self._actor(slot).command(Cancel())
+
+    # -- changes at run time ----------------------------------------------------------
+
+    def add_slot(self, config: SlotConfig) -> SlotSnapshot:
+        """Add a slot (while running, or before start); returns its snapshot.
+
+        Safe from any task of the controller's event loop; the slot takes
+        commands at once (they wait in its mailbox until its actor runs).
+        """
+        if not isinstance(config, SlotConfig):
+            raise ConfigError(f"slots must be SlotConfig values, got {type(config).__name__}")
+        if config.name in self._configs:
+            raise ConfigError(f"duplicate slot name {config.name!r}")
+        self._configs[config.name] = config
+        if not self._running:
+            return SlotSnapshot(config.name, SlotState.IDLE)
+        assert self._actor_group is not None
+        actor = self._make_actor(config)
+        self._actor_group.start_soon(actor.run)
+        actor.note("slot_added", f"slot {config.name!r} added")
+        return actor.snapshot
+
+    async def remove_slot(self, name: str) -> SlotSnapshot:
+        """Remove a slot, unloading the model it holds first; returns its last snapshot.
+
+        The slot finishes its queued commands, then its model (if any) is
+        unloaded.  If that unload fails the slot stays (``FailureError`` with
+        the failure): a model is never left on the server unmanaged.  What
+        the slot's earlier work left behind stays in the ledger and is still
+        cleaned up.
+        """
+        actor = self._actor(name)
+        snap = await actor.command(Unload())
+        if snap.model is not None:
+            snap.raise_for_failure()
+        actor.note("slot_removed", f"slot {name!r} removed")
+        actor.stop()
+        self._actors.pop(name, None)
+        self._configs.pop(name, None)
+        self._ledger.sync(name)  # owns nothing now
+        actor.detach()
+        return actor.snapshot
+
+    def reconfigure(self, config: SlotConfig) -> None:
+        """Replace a slot's configuration; it applies from the slot's next decision.
+
+        A changed ``idle_timeout`` applies at the next poll, ``load_timeout``
+        from the next load, load options from the next ``/load``.
+        """
+        if config.name not in self._configs:
+            self._actor(config.name)  # raises UnknownSlotError
+        self._configs[config.name] = config
+        actor = self._actors.get(config.name)
+        if actor is not None:
+            actor.reconfigure(config)
+            actor.note("reconfigured", f"slot {config.name!r} reconfigured")
+
+    def replace_registry(self, registry: Registry | Iterable[ModelEntry]) -> None:
+        """Use ``registry`` for the next loads.
+
+        Slots keep what they hold (and a load under way keeps its entry); a
+        loaded model that left the registry is still idle-unloaded.
+        """
+        self._registry = registry if isinstance(registry, Registry) else Registry(registry)
+        if self._running:
+            now = anyio.current_time()
+            record = SlotTransition(
+                "",
+                SlotState.IDLE,
+                SlotState.IDLE,
+                "registry_replaced",
+                now,
+                reason=f"registry replaced ({len(self._registry)} models)",
+                id=self._hub.next_id(),
+                wall_at=now + self._wall_offset,
+            )
+            self._on_transition(record)
+
+    async def prevalidate(
+        self,
+        models: Iterable[str] | None = None,
+        *,
+        limit: int = 2,
+        progress: Callable[[str, Failure | None], None] | None = None,
+    ) -> dict[str, Failure | None]:
+        """Validate registry models now (all by default), ``limit`` at a time, and cache them.
+
+        A later ``load()`` of an unchanged file then waits only for a
+        ``stat``.  ``progress(name, failure)`` is called as each finishes;
+        returns every result by name.  Nothing is sent to the server.
+        """
+        self._check_running()
+        names = list(models) if models is not None else [e.name for e in self._registry]
+        entries = [self._registry[name] for name in names]
+        if limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {limit}")
+        results: dict[str, Failure | None] = {}
+        limiter = anyio.CapacityLimiter(limit)
+
+        async def one(entry: ModelEntry) -> None:
+            async with limiter:
+                failure = await self._validate(entry)
+            results[entry.name] = failure
+            if progress is not None:
+                progress(entry.name, failure)
+
+        async with anyio.create_task_group() as group:
+            for entry in entries:
+                group.start_soon(one, entry)
+        return results
+
     def snapshot(self, slot: str) -> SlotSnapshot:
         """The slot as it is now, without waiting."""
         return self._actor(slot).snapshot
@@ -311,14 +469,40 @@ class Controller:
         """The ``/health`` poller (its counters are useful in dashboards and tests)."""
         return self._watcher
 
-    def transitions(self, buffer: int = 256) -> TransitionStream:
-        """Every transition of every slot from now on, for dashboards.
+    @overload
+    def transitions(
+        self, buffer: int = 256, *, since: None = None
+    ) -> TransitionStream[SlotTransition]: ...
 
-        A slow reader never blocks a slot: past ``buffer`` unread records the
-        oldest is dropped and counted in the stream's ``dropped``.
+    @overload
+    def transitions(
+        self, buffer: int = 256, *, since: int
+    ) -> TransitionStream[SlotTransition | Gap]: ...
+
+    def transitions(
+        self, buffer: int = 256, *, since: int | None = None
+    ) -> TransitionStream[SlotTransition] | TransitionStream[SlotTransition | Gap]:
+        """Every transition of every slot from now on (or after id ``since``), for dashboards.
+
+        With ``since`` the records after that id still in the ring are
+        replayed first, and what has left the ring is announced by a
+        :class:`~slotfsm.snapshot.Gap`.  A slow reader never blocks a slot:
+        past ``buffer`` unread records the oldest is dropped, counted in the
+        stream's ``dropped`` (and, with ``since``, announced by a ``Gap``).
         """
         self._check_running()
-        return self._hub.subscribe(buffer)
+        if since is None:
+            return self._hub.subscribe(buffer)
+        return self._hub.replay(since, buffer)
+
+    @property
+    def last_health(self) -> Reading | None:
+        """The latest ``/health`` reading (rows as the server sent them), or ``None``.
+
+        An application never needs a poll of its own: this is the one the
+        controller already makes.
+        """
+        return self._watcher.last
 
     @contextlib.asynccontextmanager
     async def in_use(self, slot: str) -> AsyncIterator[SlotSnapshot]:
@@ -374,7 +558,29 @@ class Controller:
         return self._requests
 
     async def _validate(self, entry: ModelEntry) -> Failure | None:
-        return await validate(entry, policy=self._hash_policy, cache=self._cache)
+        failure = await validate(
+            entry,
+            policy=self._hash_policy,
+            cache=self._cache,
+            allow_unverified=self._allow_unverified or entry.allow_unverified,
+        )
+        if self._cache_dirty is not None and self._cache.dirty:
+            self._cache_dirty.set()
+        return failure
+
+    async def _keep_cache_file(self) -> None:
+        assert self._cache_dirty is not None
+        while True:
+            await self._cache_dirty.wait()
+            self._cache_dirty = anyio.Event()
+            await self._save_cache()
+
+    async def _save_cache(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(self._cache.save)
+            except OSError as exc:
+                logger.warning("could not save the fingerprint cache %s: %s", self._cache_path, exc)
 
     async def _reconcile_after_load(self) -> None:
         """After every ``/load``: even a 200 can hide an evict-all (ADR-0007).
@@ -411,7 +617,9 @@ class Controller:
         """A clean-up unloaded ``name``: say so in the stream, on the slot that left it."""
         actor = self._actors.get(origin) if origin is not None else None
         if actor is not None:
-            actor.note(f"stray gone: {name} unloaded (left by a timed-out or lost load)", name)
+            actor.note(
+                "cleanup", f"stray gone: {name} unloaded (left by a timed-out or lost load)", name
+            )
 
     def _on_transition(self, record: SlotTransition) -> None:
         self._hub.publish(record)

@@ -118,7 +118,7 @@ async def run_demo(out: TextIO = sys.stdout, *, color: bool = False) -> list[str
     return story.diverged
 
 
-async def _print_transitions(stream: TransitionStream, story: _Story) -> None:
+async def _print_transitions(stream: TransitionStream[SlotTransition], story: _Story) -> None:
     async for t in stream:
         when = f"{t.at - story.start:7.3f}s"
         arrow = f"{t.source.value} -> {t.dest.value}"
@@ -130,7 +130,9 @@ async def _print_transitions(stream: TransitionStream, story: _Story) -> None:
         story.say(f"   {story.paint(when, '2')}  {t.slot:<6} {arrow:<24} {why}")
 
 
-async def _wait_for(stream: TransitionStream, wanted: Callable[[SlotTransition], bool]) -> bool:
+async def _wait_for(
+    stream: TransitionStream[SlotTransition], wanted: Callable[[SlotTransition], bool]
+) -> bool:
     """Wait (at most STEP_TIMEOUT) for a transition; the watcher's own polls bring it."""
     with anyio.move_on_after(STEP_TIMEOUT):
         async for record in stream:

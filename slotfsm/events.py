@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CallLoad",
     "CallUnload",
+    "Cancel",
     "Effect",
     "Event",
     "Load",
@@ -56,6 +57,7 @@ class Trigger(enum.StrEnum):
     UNLOAD_FAILED = "unload_failed"
     OBSERVED = "observed"
     USE = "use"
+    CANCEL = "cancel"
 
     @property
     def is_command(self) -> bool:
@@ -82,6 +84,17 @@ class Unload:
     """Empty the slot."""
 
     trigger: ClassVar[Trigger] = Trigger.UNLOAD
+
+
+@attrs.frozen
+class Cancel:
+    """Stop what the slot is doing now (validation, or a load the slot waits for).
+
+    Not a queued command: it acts on the busy state at once, and the commands
+    queued behind it still run.
+    """
+
+    trigger: ClassVar[Trigger] = Trigger.CANCEL
 
 
 @attrs.frozen
@@ -184,6 +197,7 @@ Event: TypeAlias = (
     Load
     | Unload
     | Reset
+    | Cancel
     | Validated
     | LoadSucceeded
     | LoadFailed

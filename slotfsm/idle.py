@@ -20,15 +20,37 @@ import math
 from collections.abc import Awaitable, Callable
 
 import anyio
+import attrs
 from anyio.abc import TaskStatus
 
 from slotfsm.config import positive_seconds
 from slotfsm.events import Observed
 from slotfsm.lemonade import Health, LemonadeClient, LemonadeError
 
-__all__ = ["IdleWatcher"]
+__all__ = ["IdleWatcher", "Reading"]
 
 logger = logging.getLogger("slotfsm")
+
+
+@attrs.frozen
+class Reading:
+    """One ``/health`` reading: the server's answer and when it was asked.
+
+    ``at`` is on slotfsm's monotonic clock, ``wall_at`` the same moment in
+    seconds since the epoch; ``seq`` orders it against load answers.
+    """
+
+    health: Health
+    at: float
+    seq: int
+    wall_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        """The reading in plain JSON types: when, and the rows as the server sent them."""
+        from slotfsm.snapshot import iso
+
+        rows = [dict(getattr(m, "raw", None) or {"model_name": m.name}) for m in self.health.models]
+        return {"at": iso(self.wall_at), "monotonic": self.at, "rows": rows}
 
 
 class IdleWatcher:
@@ -56,6 +78,9 @@ class IdleWatcher:
         """How many ``/health`` requests were sent (periodic and post-load)."""
         self.failures = 0
         """How many of them gave nothing usable."""
+        self.last: Reading | None = None
+        """The latest usable reading."""
+        self.wall_offset = 0.0
 
     async def observe(self, *, newer_than: int | None = None) -> Health | None:
         """Read ``/health`` once and tell every slot; returns the reading.
@@ -76,6 +101,7 @@ class IdleWatcher:
                 self.failures += 1
                 logger.warning("health poll failed, trying again next interval: %s", exc)
                 return None
+            self.last = Reading(health, at, seq, at + self.wall_offset)
             await self._deliver(Observed(health, at, seq))
             self._delivered = seq
             return health

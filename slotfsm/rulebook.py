@@ -13,6 +13,7 @@ Every event has a defined outcome in every state (see :meth:`Rulebook.outcome`):
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,12 @@ from slotfsm.rules import POSTPONED, RULES, Rule, keep
 from slotfsm.states import SlotData, SlotState
 
 __all__ = ["Outcome", "Rulebook", "SlotMachine", "Step"]
+
+_transitions_log = logging.getLogger("transitions")
+if _transitions_log.level == logging.NOTSET:
+    # transitions logs several INFO lines per event; slotfsm logs one line per
+    # transition itself (logger "slotfsm").  Set a level to hear it anyway.
+    _transitions_log.setLevel(logging.WARNING)
 
 
 class Outcome(enum.StrEnum):

@@ -168,6 +168,7 @@ def loaded(
         seen=False,
         used_at=event.at,
         loaded_seq=event.seq,
+        unverified=data.target is not None and not data.target.verified,
     )
     return new, _NONE
 
@@ -190,6 +191,21 @@ def load_failed(
     ledger, which cleans it up: the slot does not adopt it.
     """
     return _emptied(data, error=event.failure), _NONE
+
+
+def cancelled(
+    data: SlotData, config: SlotConfig, event: object
+) -> tuple[SlotData, tuple[Effect, ...]]:
+    """``Controller.cancel``: the work stops; a model the slot still holds stays.
+
+    A load the slot stops waiting for is not un-sent: the ledger follows it
+    to its answer and cleans up what it brings (ADR-0007 §4).
+    """
+    name = data.target.name if data.target is not None else "?"
+    failure = Failure(PreloadError.CANCELLED, f"loading {name!r} was cancelled", model=name)
+    if data.model is not None:
+        return attrs.evolve(data, target=None, leaving=None, error=failure), _NONE
+    return _emptied(data, error=failure), _NONE
 
 
 def call_unload(
@@ -373,6 +389,10 @@ RULES: tuple[Rule, ...] = sum(
         on(T.UNLOAD, S.IDLE, do=clear_error),
         on(T.RESET, S.ERROR, to=S.IDLE, do=clear_error),
         on(T.RESET, S.IDLE, S.LOADED, do=clear_error),
+        on(T.CANCEL, S.VALIDATING, to=S.LOADED, do=cancelled, when=holding_model,
+           label="model kept"),
+        on(T.CANCEL, S.VALIDATING, S.LOADING, to=S.ERROR, do=cancelled),
+        on(T.CANCEL, S.IDLE, S.LOADED, S.UNLOADING, S.ERROR),
         # validation: the only path to the load effect is a pass (ADR-0007 §1)
         on(T.VALIDATED, S.VALIDATING, to=S.LOADING, do=call_load, when=passed, label="passed",
            effects=(CallLoad,)),

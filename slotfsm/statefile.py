@@ -59,10 +59,8 @@ def check_path(path: str | os.PathLike[str]) -> None:
     """Refuse a state path that exists but is not a regular file."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # missing, or a path that cannot be written: the writes will say so
         return
-    except OSError as exc:
-        raise ConfigError(f"state file {os.fspath(path)!r} cannot be checked: {exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"state file {os.fspath(path)!r} exists and is not a regular file")
 
@@ -142,11 +140,20 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise :class:`ConfigError` if another controller holds it."""
+        """Take the lock, or raise :class:`ConfigError` if another controller holds it.
+
+        A lock file that cannot be created (a read-only folder) is logged and
+        the controller runs without it, as it runs with a state file it
+        cannot write.
+        """
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            logger.warning("cannot lock the state file (%s): %s", self.path, exc)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

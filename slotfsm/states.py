@@ -46,7 +46,8 @@ class SlotData:
       showed use (or was loaded); ``loaded_seq``: the sequence number of its
       load's answer; ``gone_seq``: the latest observation, while loading, that
       did not list the target.
-    * ``in_use``: callers inside ``Controller.in_use``.
+    * ``in_use``: callers inside ``Controller.in_use``; ``unverified``: ``model``
+      was loaded without a sha256 to check (allowed explicitly).
 
     What the server may hold *because of* the slot beyond this (late arrivals
     of abandoned loads, unknown outcomes) is not slot data: it lives in the
@@ -63,3 +64,4 @@ class SlotData:
     loaded_seq: int = 0
     gone_seq: int = 0
     in_use: int = 0
+    unverified: bool = False
