@@ -104,8 +104,6 @@ class Entry:
     loads_seen: int = 0
     """Loads of this name sent or answered so far: an unload proves absence only if none
     happened while it was in flight."""
-    tries: int = 0
-    skip: int = 0
 
     @property
     def pending(self) -> int:
@@ -316,12 +314,8 @@ class Ledger:
             proof = ticket.quiet_since == entry.loads_seen  # no load sent or answered meanwhile
             if answer in (Answer.DONE, Answer.NOT_LOADED) and proof:
                 entry.stray = False
-                entry.tries = 0
             elif answer in (Answer.REFUSED, Answer.LOST):
                 entry.stray = True
-                if ticket.slot is None:
-                    entry.tries += 1
-                    entry.skip = 2 ** min(entry.tries, 5) - 1
             if entry.phase is Phase.LEAVING and not entry.unloads and entry.owner is not None:
                 if answer in (Answer.DONE, Answer.NOT_LOADED):
                     pass  # the owner's step (Unloaded) releases it
@@ -346,7 +340,8 @@ class Ledger:
         """Compare ownerless names with a ``/health`` reading sent at ``seq``.
 
         Returns the names to clean up now (listed, nobody owns them, no
-        unload in flight).  A name not listed, with no request in flight
+        unload in flight): a clean-up that failed is tried again at each
+        reading that still lists the name, one ``/unload`` per poll at most.  A name not listed, with no request in flight
         since before the reading was sent, leaves the ledger: proof.
         """
         cleanups: list[str] = []
@@ -355,12 +350,8 @@ class Ledger:
             if entry.owner is not None:
                 continue
             if entry.name in health:
-                if entry.unloads or entry.cleaning:
-                    continue
-                if entry.skip:
-                    entry.skip -= 1
-                    continue
-                cleanups.append(entry.name)
+                if not entry.unloads and not entry.cleaning:
+                    cleanups.append(entry.name)
             elif not entry.pending and not entry.restored and seq > entry.settled_seq:
                 entry.stray = False
                 self._settle(entry)
