@@ -341,8 +341,9 @@ class Ledger:
 
         Returns the names to clean up now (listed, nobody owns them, no
         unload in flight): a clean-up that failed is tried again at each
-        reading that still lists the name, one ``/unload`` per poll at most.  A name not listed, with no request in flight
-        since before the reading was sent, leaves the ledger: proof.
+        reading that still lists the name, one ``/unload`` per poll at most.
+        A name not listed, with no request in flight since before the reading
+        was sent, leaves the ledger: proof.
         """
         cleanups: list[str] = []
         touched = False
