@@ -63,6 +63,13 @@ async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> None:
     assert snap.stray == "alpha" and snap.cleanups == ("alpha",)
 
 
+async def clean_up_answered(ctl: Controller, name: str) -> None:
+    """Wait until no clean-up of ``name`` is in flight (its answer reached the ledger)."""
+    with anyio.fail_after(5):
+        while ctl.ledger.entries()[name].cleaning:
+            await anyio.sleep(0.01)
+
+
 def unloads_of(fake: FakeLemonade, model: str) -> int:
     return sum(1 for r in fake.unloads() if r.body == {"model_name": model})
 
@@ -177,11 +184,12 @@ async def test_a_failed_clean_up_is_retried_on_sight_with_backoff_and_by_unload(
         await wait_until(fake, lambda: unloads_of(fake, "alpha") == 1)  # on arrival
         sent = []
         for _ in range(3):
-            before = ctl.ledger.entries()["alpha"].tries
+            await clean_up_answered(ctl, "alpha")
+            before = unloads_of(fake, "alpha")
             await ctl.refresh()
-            entry = ctl.ledger.entries()["alpha"]
-            sent.append(entry.cleaning or entry.tries > before)  # in flight, or answered
-        await wait_until(fake, lambda: unloads_of(fake, "alpha") == 2)
+            sent.append(ctl.ledger.entries()["alpha"].cleaning)
+            await clean_up_answered(ctl, "alpha")
+            assert unloads_of(fake, "alpha") == before + sent[-1]
         # One reading skipped after the first failure, then tried again, then three skipped.
         assert sent == [False, True, False], sent
         assert ctl.snapshot("chat").cleanups == ("alpha",)
