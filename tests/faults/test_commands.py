@@ -193,10 +193,11 @@ async def test_a_cancelled_caller_leaves_its_load_to_time_out_truthfully(
         assert len(fake.loads()) == 2  # alpha, and beta once: never retried
         async with ctl.transitions() as changes:
             fake.release("beta")  # it arrives late: unloaded at once
-            async for record in changes:
-                if record.trigger == "cleanup":
-                    assert (record.slot, record.model) == ("b", "beta"), record
-                    break
+            with anyio.fail_after(5):
+                async for record in changes:
+                    if record.trigger == "cleanup":
+                        assert (record.slot, record.model) == ("b", "beta"), record
+                        break
         assert ctl.snapshot("b").cleanups == () and "beta" not in fake.loaded_models()
         snap = await ctl.load("b", "gamma")
         assert (snap.state, snap.model, snap.error) == (SlotState.LOADED, "gamma", None)
