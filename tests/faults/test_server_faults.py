@@ -716,6 +716,28 @@ async def test_load_answer_dropped_after_the_server_loaded_the_model(
     assert unloads_of(fake, "beta")[-1].status == 200
 
 
+async def test_unload_answer_dropped_keeps_the_model_until_a_reading_says_it_is_gone(
+    fake: FakeLemonade, models: dict[str, ModelEntry]
+) -> None:
+    """The unload happened but its answer was lost: the slot keeps alpha until /health shows."""
+    async with loopback(fake) as server, controller(server.url, models) as ctl:
+        holds(await ctl.load("a", "alpha"), "alpha")
+        fake.drop_reply("alpha")  # the unload happens; its answer never arrives
+        snap = await ctl.unload("a")
+        failed(snap, SlotState.LOADED, PreloadError.UNLOAD_FAILED, "unloading 'alpha' failed")
+        assert (snap.model, snap.cleanups) == ("alpha", ())
+        assert ctl.ledger.owner_of("alpha") == "a"
+        assert fake.loaded_models() == []
+        fake.clear_drop_reply("alpha")
+        assert await ctl.refresh() is not None  # the reading does not list it: gone
+        snap = ctl.snapshot("a")
+        failed(snap, SlotState.IDLE, PreloadError.EVICTED)
+        assert snap.model is None and ctl.ledger.owner_of("alpha") is None
+        assert await ctl.refresh() is not None  # at the latest one reading later: forgotten
+        assert ctl.snapshot("a").cleanups == () and len(ctl.ledger) == 0
+    assert [r.status for r in unloads_of(fake, "alpha")] == [None]  # sent once, no retry
+
+
 async def test_swap_whose_unload_of_the_old_model_answers_500(
     fake: FakeLemonade, models: dict[str, ModelEntry]
 ) -> None:
