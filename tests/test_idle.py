@@ -250,7 +250,7 @@ class FailingUnloads(httpx.AsyncBaseTransport):
 
 
 @virtual
-async def test_a_failed_idle_unload_is_an_error_and_others_go_on(
+async def test_a_failed_idle_unload_keeps_the_model_with_an_error_and_others_go_on(
     fake: FakeLemonade, make_controller: ControllerFactory
 ) -> None:
     transport = FailingUnloads(fake, "alpha")
@@ -259,7 +259,9 @@ async def test_a_failed_idle_unload_is_an_error_and_others_go_on(
         await ctl.load("b", "beta")
         await anyio.sleep(400)
         a, b = ctl.snapshot("a"), ctl.snapshot("b")
-        assert a.state is SlotState.ERROR
+        # The server still holds it: the slot keeps owning it, and says the unload failed.
+        assert (a.state, a.model) == (SlotState.LOADED, "alpha")
+        assert ctl.ledger.owner_of("alpha") == "a" and ctl.ledger.owed() == ()
         assert a.error is not None and a.error.kind is PreloadError.UNLOAD_FAILED
         assert "backend would not stop" in a.error.message
         assert b.state is SlotState.IDLE and b.error is None
@@ -333,7 +335,13 @@ async def test_a_restarted_controller_resumes_what_the_server_holds(
     async with make_controller(*slots, state_path=state) as ctl:
         await ctl.load("a", "alpha")
         await ctl.load("b", "beta")
-    assert json.loads(state.read_text())["slots"] == {"a": "alpha", "b": "beta"}
+    assert json.loads(state.read_text()) == {
+        "version": 2,
+        "models": {
+            "alpha": {"owner": "a", "phase": "held"},
+            "beta": {"owner": "b", "phase": "held"},
+        },
+    }
     assert fake.loaded_models() == ["alpha", "beta"]  # left loaded on purpose
 
     fake.evict_all()  # ... and while we were away, the server lost them
@@ -352,7 +360,7 @@ async def test_a_restarted_controller_resumes_what_the_server_holds(
         snap = ctl.snapshot("a")
         assert snap.state is SlotState.IDLE
         assert moved(snap, SlotState.LOADED, SlotState.UNLOADING) - resumed >= 300.0
-    assert json.loads(state.read_text())["slots"] == {}
+    assert json.loads(state.read_text()) == {"version": 2, "models": {}}
     assert len(fake.loads()) == fake_loads_before + 1
 
 
@@ -372,7 +380,10 @@ async def test_a_bad_state_file_is_reported_and_ignored(
             assert ctl.snapshot("a").state is SlotState.IDLE
             await ctl.load("a", "alpha")
     assert "state file" in caplog.text
-    assert json.loads(state.read_text()) == {"version": 1, "slots": {"a": "alpha"}}
+    assert json.loads(state.read_text()) == {
+        "version": 2,
+        "models": {"alpha": {"owner": "a", "phase": "held"}},
+    }
 
 
 # -- the idle rule as a property --------------------------------------------------------

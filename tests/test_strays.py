@@ -1,8 +1,8 @@
-"""Strays: models the server may hold on a slot's behalf that the slot does not manage.
+"""Clean-ups: models the server may hold because of a slot's work that no slot owns.
 
-A load that timed out may still finish on the server; an unload may fail.  These
-run on a real loopback socket, where (as on the real server) an abandoned load
-goes on after the client gave up.
+A load that timed out is not cancelled: it may still finish on the server, and
+then it is unloaded at once.  These run on a real loopback socket, where (as on
+the real server) an abandoned load goes on after the client gave up.
 """
 
 from __future__ import annotations
@@ -45,13 +45,14 @@ async def wait_until(fake: FakeLemonade, condition: Callable[[], bool]) -> None:
             await fake.wait_changed()
 
 
-async def refresh_until_stray_gone(ctl: Controller) -> None:
-    """Poll once; the slot sees its stray, unloads it and says so."""
+async def release_until_stray_gone(fake: FakeLemonade, ctl: Controller) -> None:
+    """Let the hung load of alpha finish; the clean-up unloads it and says so."""
     async with ctl.transitions() as stream:
-        await ctl.refresh()
+        fake.release("alpha")
         with anyio.fail_after(5):
             async for record in stream:
-                if record.reason == "stray gone":
+                if record.trigger == "cleanup" and record.reason.startswith("stray gone"):
+                    assert record.slot == "chat" and record.model == "alpha"
                     return
 
 
@@ -59,26 +60,36 @@ async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> None:
     fake.hang("alpha")
     snap = await ctl.load("chat", "alpha")
     assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
-    assert snap.stray == "alpha"
+    assert snap.stray == "alpha" and snap.cleanups == ("alpha",)
+
+
+async def readings_until(ctl: Controller, condition: Callable[[], bool]) -> int:
+    """Poll the server until ``condition`` holds; return how many readings it took."""
+    readings = 0
+    with anyio.fail_after(5):
+        while not condition():
+            await ctl.refresh()
+            readings += 1
+    return readings
 
 
 def unloads_of(fake: FakeLemonade, model: str) -> int:
     return sum(1 for r in fake.unloads() if r.body == {"model_name": model})
 
 
-async def test_a_late_arrival_is_unloaded_once_seen(
+async def test_a_late_arrival_is_unloaded_at_once(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
         await time_out_on_alpha(fake, ctl)
-        fake.release("alpha")
-        await wait_until(fake, lambda: "alpha" in fake.loaded_models())
-        await refresh_until_stray_gone(ctl)
+        await release_until_stray_gone(fake, ctl)
         assert "alpha" not in fake.loaded_models()
         assert unloads_of(fake, "alpha") == 1 and len(fake.loads()) == 1
         snap = ctl.snapshot("chat")
-        assert snap.state is SlotState.ERROR and snap.stray is None  # not adopted
+        assert snap.state is SlotState.ERROR and snap.model is None  # not adopted
+        assert snap.cleanups == () and ctl.ledger.owed() == ()
+        ctl.ledger.check()
 
 
 async def test_an_unload_before_the_late_arrival_keeps_watching_for_it(
@@ -87,52 +98,57 @@ async def test_an_unload_before_the_late_arrival_keeps_watching_for_it(
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
         await time_out_on_alpha(fake, ctl)
-        snap = await ctl.unload("chat")  # the server says "not loaded": it may still come
-        assert snap.state is SlotState.IDLE and snap.stray == "alpha"
-        fake.release("alpha")
-        await wait_until(fake, lambda: "alpha" in fake.loaded_models())
-        await refresh_until_stray_gone(ctl)
-        assert ctl.snapshot("chat").stray is None
+        snap = await ctl.unload("chat")  # the load is still in flight: it may still come
+        assert snap.state is SlotState.IDLE and snap.cleanups == ("alpha",)
+        await release_until_stray_gone(fake, ctl)
+        assert ctl.snapshot("chat").cleanups == ()
         assert "alpha" not in fake.loaded_models()
+        assert unloads_of(fake, "alpha") == 1
 
 
-async def test_loading_another_model_unloads_the_stray_first(
+async def test_loading_another_model_leaves_only_it_on_the_server(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
         await time_out_on_alpha(fake, ctl)
-        fake.release("alpha")
-        await wait_until(fake, lambda: "alpha" in fake.loaded_models())
+        await release_until_stray_gone(fake, ctl)
         snap = await ctl.load("chat", "beta")
-        assert (snap.state, snap.model, snap.stray) == (SlotState.LOADED, "beta", None)
+        assert (snap.state, snap.model, snap.cleanups) == (SlotState.LOADED, "beta", ())
         assert fake.loaded_models() == ["beta"]
 
 
-async def test_reset_forgets_the_stray_and_leaves_it_alone(
+async def test_reset_forgets_the_failure_but_not_the_late_arrival(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
-    """Documented: after reset, a late arrival is left alone like any model we did not load."""
+    """After reset, the late arrival is still the controller's to unload."""
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
         await time_out_on_alpha(fake, ctl)
         snap = await ctl.reset("chat")
-        assert (snap.state, snap.stray) == (SlotState.IDLE, None)
-        fake.release("alpha")
-        await wait_until(fake, lambda: "alpha" in fake.loaded_models())
-        await ctl.refresh()
-        assert fake.unloads() == []
+        assert (snap.state, snap.error, snap.cleanups) == (SlotState.IDLE, None, ("alpha",))
+        assert ctl.ledger.owed() == ("alpha",)
+        await release_until_stray_gone(fake, ctl)
+        assert "alpha" not in fake.loaded_models()
+        assert unloads_of(fake, "alpha") == 1
+        assert ctl.ledger.owed() == ()
 
 
-async def test_a_stray_blocks_other_slots_from_its_model(
+async def test_a_stray_blocks_other_slots_from_its_model_but_not_its_own(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2), SlotConfig("other")) as ctl:
         await time_out_on_alpha(fake, ctl)
-        with pytest.raises(ModelInUseError, match="may still hold"):
+        with pytest.raises(ModelInUseError, match="may still have model 'alpha'"):
             await ctl.load("other", "alpha")
         fake.release("alpha")
+        snap = await ctl.load("chat", "alpha")  # the slot that left it may take it again
+        assert (snap.state, snap.model) == (SlotState.LOADED, "alpha")
+        await ctl.refresh()
+        assert fake.loaded_models() == ["alpha"]
+        assert ctl.snapshot("chat").state is SlotState.LOADED
+        ctl.ledger.check()
 
 
 async def test_callers_of_the_same_hung_load_share_one_request(
@@ -160,22 +176,25 @@ async def test_callers_of_the_same_hung_load_share_one_request(
         fake.release("alpha")
 
 
-async def test_a_failed_stray_unload_is_not_retried_alone_but_unload_retries(
+async def test_a_failed_clean_up_is_retried_on_sight_with_backoff(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
         await time_out_on_alpha(fake, ctl)
-        fake.release("alpha")
-        await wait_until(fake, lambda: "alpha" in fake.loaded_models())
         fake.fail_unload("alpha", "backend would not stop")
-        await ctl.refresh()
-        await wait_until(fake, lambda: unloads_of(fake, "alpha") == 1)
-        for _ in range(3):
-            await ctl.refresh()
-        assert unloads_of(fake, "alpha") == 1  # tried once on sight, never again alone
-        assert ctl.snapshot("chat").stray == "alpha"
+        fake.release("alpha")
+        await wait_until(fake, lambda: unloads_of(fake, "alpha") == 1)  # on arrival
+        await readings_until(ctl, lambda: unloads_of(fake, "alpha") == 2)
+        assert ctl.snapshot("chat").cleanups == ("alpha",)
+        # After two failures, three readings that list it pass before the next try.
         fake.clear_fail_unload("alpha")
-        snap = await ctl.unload("chat")
-        assert (snap.state, snap.stray) == (SlotState.IDLE, None)
-        assert fake.loaded_models() == []
+        async with ctl.transitions() as stream:
+            readings = await readings_until(ctl, lambda: unloads_of(fake, "alpha") == 3)
+            assert readings >= 4, readings
+            with anyio.fail_after(5):
+                async for record in stream:
+                    if record.reason.startswith("stray gone"):
+                        break
+        assert ctl.snapshot("chat").cleanups == () and ctl.ledger.owed() == ()
+        assert fake.loaded_models() == [] and unloads_of(fake, "alpha") == 3

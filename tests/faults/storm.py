@@ -11,19 +11,22 @@ atomic rename) while it runs.  Afterwards :meth:`Storm.problems` lists every
 broken promise, checked against the fake's request log, a recording transport,
 a spy on pre-load validation and the transition stream:
 
-* never two ``/load`` in flight for one slot;
+* at most one ``/load`` in flight per slot that the slot still waits for:
+  every other one in flight was given up on (timed out, cancelled) and is
+  counted as an arrival in the controller's ledger;
 * no ``/load`` unless the slot's latest validation passed, for that model,
   and licensed no other ``/load`` (so: none after a failed validation, and
   no retry); no ``/load`` at all of a file that is always broken;
 * no ``/unload`` without a model name;
 * every command answered exactly once, with a settled snapshot of the right
   shape for what was asked;
-* one ``/load`` per entry into ``loading``;
+* at most one ``/load`` per entry into ``loading`` (none sent that no
+  load command asked for);
+* the ledger's own invariants after every command;
 * after the storm (hangs released, faults cleared, one ``refresh``, the
-  slots' own work done): every slot settled, and the models the ``loaded``
-  slots hold are exactly the models the server holds -- but for a stray (a
-  reload that timed out leaves the model on the server) that a later
-  ``reset`` forgot, as documented.
+  slots' own work done): every slot settled, and the server holds exactly
+  the models the ``loaded`` slots hold plus the ledger's pending clean-ups;
+  once those are unloaded, exactly the models the ``loaded`` slots hold.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import itertools
 import json
 import os
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ import httpx
 
 from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
 from slotfsm.errors import Failure
+from slotfsm.ledger import Ledger
 from slotfsm.snapshot import SlotTransition
 from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
 from slotfsm.testing.files import Flaw, write_model
@@ -286,6 +290,14 @@ class Recorder(httpx.AsyncBaseTransport):
         self.peak: Counter[str] = Counter()
         self.loads: list[tuple[int, str]] = []  # (tick, model) at the moment it was sent
         self.problems: list[str] = []
+        self.ledger: Ledger | None = None
+        """The running controller's ledger: which loads in flight its slots gave up on."""
+
+    def _waited_for(self, slot: str) -> int:
+        """``/load`` requests of ``slot`` in flight that the slot has not given up on."""
+        entries = self.ledger.entries().values() if self.ledger is not None else ()
+        abandoned = sum(e.arrivals for e in entries if slot_of(e.name) == slot)
+        return self.in_flight[slot] - abandoned
 
     def reset(self) -> None:
         self.peak.clear()
@@ -305,7 +317,7 @@ class Recorder(httpx.AsyncBaseTransport):
         slot = slot_of(model)
         self.loads.append((self.tick(), model))
         self.in_flight[slot] += 1
-        self.peak[slot] = max(self.peak[slot], self.in_flight[slot])
+        self.peak[slot] = max(self.peak[slot], self._waited_for(slot))
         try:
             return await self.inner.handle_async_request(request)
         finally:
@@ -350,15 +362,15 @@ class Storm:
         self.loads_sent = 0
         self.strays_seen = 0
         self.elapsed = 0.0
-        self.forgotten: set[str] = set()
-        self.resets: dict[str, int] = {}  # slot -> tick of its latest reset
-        self.strays: dict[str, int] = {}  # model -> tick it was last seen as a slot's stray
+        self.strays: set[str] = set()  # every model a slot named among its clean-ups
         self.cleaned = 0
         self.requests = 0
         self.transitions = 0
 
     def controller(self) -> Controller:
-        return self.world.controller(self.recorder)
+        ctl = self.world.controller(self.recorder)
+        self.recorder.ledger = ctl.ledger
+        return ctl
 
     def problem(self, text: str) -> None:
         if len(self.problems) < 50:
@@ -383,8 +395,6 @@ class Storm:
                 if world.rng.random() < settings.think:
                     await anyio.sleep(world.rng.uniform(0, settings.think_time))
                 snap = await self._send(ctl, slot, op, kind)
-                if op == "reset":
-                    self.resets[slot] = self.spy.tick()
                 answers[index] += 1
                 self._check_answer(index, slot, op, kind, snap)
                 self._note_strays(ctl)
@@ -412,11 +422,13 @@ class Storm:
         self._start_over()
 
     def _note_strays(self, ctl: Controller) -> None:
-        """Remember which models the slots name as strays (``reset`` may forget them)."""
-        tick = self.spy.tick()
+        """Check the ledger, and remember which models the slots name as clean-ups."""
+        try:
+            ctl.ledger.check()
+        except AssertionError as exc:
+            self.problem(f"ledger invariant broken: {exc}")
         for snap in ctl.snapshots().values():
-            if snap.stray is not None:
-                self.strays[snap.stray] = tick
+            self.strays.update(snap.cleanups)
 
     async def _send(self, ctl: Controller, slot: str, op: str, kind: str) -> SlotSnapshot:
         if op == "load":
@@ -438,12 +450,13 @@ class Storm:
         if snap.model is not None and slot_of(snap.model) != slot:
             self.problem(f"{what}: slot holds another slot's model {snap.model!r}")
         if op == "unload":
-            failed = snap.state is SlotState.ERROR and err is not None
+            # A failed unload (or one whose answer was lost) keeps the model, owned.
+            failed = snap.state is SlotState.LOADED and snap.model is not None
             failed = failed and err is not None and err.kind is PreloadError.UNLOAD_FAILED
             if not (snap.state is SlotState.IDLE and err is None) and not failed:
-                self.problem(f"{what}: expected idle, or UNLOAD_FAILED, got {snap.state} {err}")
-            if failed and snap.stray is None:
-                self.problem(f"{what}: an unload failed and the slot keeps no stray: {snap!r}")
+                self.problem(
+                    f"{what}: expected idle, or loaded with UNLOAD_FAILED, got {_brief(snap)}"
+                )
         elif op == "reset":
             if snap.state not in (SlotState.IDLE, SlotState.LOADED) or err is not None:
                 self.problem(f"{what}: expected the error cleared, got {snap.state} {err}")
@@ -464,40 +477,49 @@ class Storm:
                     self.problem(f"{what}: a model the server does not know is loaded")
             elif snap.state is SlotState.LOADED:
                 assert err is not None
-                if not (kind == FLIP and err.kind.is_validation):
+                # A swap whose unload of the old model failed keeps the old model, owned.
+                kept = err.kind is PreloadError.UNLOAD_FAILED and snap.model != model
+                kept = kept and f"{model!r} was not sent, {snap.model!r} is kept" in err.message
+                if not (kind == FLIP and err.kind.is_validation) and not kept:
                     self.problem(f"{what}: kept a model with {err}")
             elif err is None or not (
                 err.kind in SETTLED_LOAD_FAILURES or (kind == FLIP and err.kind.is_validation)
             ):
                 self.problem(f"{what}: ended {snap.state} with {err}")
-            elif snap.stray is None and (
-                err.kind is PreloadError.LOAD_TIMEOUT  # the load may still arrive
-                or "/unload" in err.message  # a swap whose unload failed: the old model stays
-                or "unreachable" in err.message  # the answer was lost, not the load
-            ):
-                self.problem(f"{what}: {err} and the slot names no stray")
 
     async def reconcile(self, ctl: Controller) -> None:
-        """On a calm server, after one ``refresh``, the slots tell the server's truth.
+        """On a calm server, after one ``refresh``, the slots and the ledger tell the truth.
 
-        A model the server holds is held by a ``loaded`` slot, or named as a
-        slot's ``stray``; an explicit ``unload`` of such a slot (the documented
-        way out) then leaves the server holding exactly the ``loaded`` slots'
-        models.  The one exception is documented: ``reset`` forgets a stray.
+        The server holds exactly the ``loaded`` slots' models plus what the
+        ledger owes (pending clean-ups, which the slots name as ``cleanups``).
+        An explicit ``unload`` of a slot with clean-ups sends them at once
+        (no back-off); then the server holds exactly the ``loaded`` slots' models.
         """
+        fake = self.world.fake
+        with anyio.fail_after(3600):  # the server finishes every load a slot gave up on
+            while fake.loads_in_flight:
+                await fake.wait_changed()
         await self._refresh(ctl)
-        named = {s.stray for s in ctl.snapshots().values() if s.stray is not None}
-        self._compare(ctl, tolerated=named)
+        owed = set(ctl.ledger.owed())
+        named = {m for s in ctl.snapshots().values() for m in s.cleanups}
+        if not named <= owed:
+            self.problem(f"slots name clean-ups {sorted(named - owed)} the ledger does not owe")
+        self._compare(ctl, tolerated=owed)
         for slot, snap in ctl.snapshots().items():
             for _ in range(3):
-                if snap.stray is None or snap.stray not in self.world.fake.loaded_models():
+                if not set(snap.cleanups) & set(self.world.fake.loaded_models()):
                     break
                 self.cleaned += 1
                 snap = await ctl.unload(slot)
                 if snap.state is not SlotState.IDLE or snap.error is not None:
-                    self.problem(f"unload of {slot} with a stray on a calm server: {snap!r}")
+                    self.problem(f"unload of {slot} with clean-ups on a calm server: {snap!r}")
+                await self._refresh(ctl)  # the clean-ups run in the background
+                snap = ctl.snapshot(slot)
         await self._refresh(ctl)
         self._compare(ctl, tolerated=set())
+        if ctl.ledger.owed():
+            owed = [ctl.ledger.entries()[name] for name in ctl.ledger.owed()]
+            self.problem(f"the ledger still owes on a calm, clean server: {owed[:5]}")
         for name, snap in ctl.snapshots().items():
             if not snap.state.settled:
                 self.problem(f"slot {name} did not settle: {_brief(snap)}")
@@ -510,7 +532,7 @@ class Storm:
                     self.problem("refresh on a calm server read nothing")
                 while not all(s.state.settled for s in ctl.snapshots().values()):
                     await changes.__anext__()  # an idle unload the refresh started
-            # A settled slot may still have work running: the unload of a stray it saw.
+            # A settled slot may still have work running: a clean-up the reading started.
             await anyio.wait_all_tasks_blocked()
 
     def _compare(self, ctl: Controller, tolerated: set[str]) -> None:
@@ -518,20 +540,12 @@ class Storm:
         held = {s.model for s in snaps.values() if s.state is SlotState.LOADED}
         on_server = set(self.world.fake.loaded_models())
         claimed_but_gone = sorted(held - on_server)
-        orphans = on_server - held - tolerated
-        # Documented: ``reset`` forgets a stray, which the server then keeps, unmanaged.
-        forgotten = {
-            m
-            for m in orphans
-            if m in self.strays and self.resets.get(slot_of(m), -1) > self.strays[m]
-        }
-        self.forgotten |= forgotten
-        unexplained = sorted(orphans - forgotten)
+        unexplained = sorted(on_server - held - tolerated)
         if claimed_but_gone or unexplained:
             details = {m: _brief(snaps[slot_of(m)]) for m in claimed_but_gone + unexplained}
             self.problem(
                 f"after refresh, slots claim {claimed_but_gone} the server lacks, and the server"
-                f" holds {unexplained} that no slot holds or names as its stray: {details}"
+                f" holds {unexplained} that no slot holds and the ledger does not owe: {details}"
             )
 
     def _check_log(self, records: list[SlotTransition]) -> None:
@@ -541,22 +555,15 @@ class Storm:
         self.requests += len(log)
         self.transitions += len(records)
         self.loads_sent += len(loads)
-        self.strays_seen += sum(1 for t in records if t.reason == "stray seen")
+        self.strays_seen += sum(1 for t in records if t.trigger == "cleanup")
         problems = list(recorder.problems)
-        # never two /load in flight for one slot: at the transport...
+        # at most one /load in flight per slot that the slot still waits for (the others
+        # in flight were given up on, and the ledger counts each as an arrival)
         problems += [
-            f"{n} /load in flight at once for {s}" for s, n in recorder.peak.items() if n > 1
+            f"{n} /load in flight at once that {s} waits for"
+            for s, n in recorder.peak.items()
+            if n > 1
         ]
-        # ...and as the server saw them
-        by_slot: dict[str, list[Any]] = defaultdict(list)
-        for r in loads:
-            by_slot[slot_of(r.body["model_name"])].append(r)
-        for slot, rs in by_slot.items():
-            for first, second in itertools.pairwise(sorted(rs, key=lambda r: r.at)):
-                if first.done_at is None or second.at < first.done_at:
-                    problems.append(
-                        f"{slot}: /load at {second.at} overlaps one until {first.done_at}"
-                    )
         # no /load of a file that is always broken
         problems += [
             f"/load of {r.body['model_name']} whose file is broken"
@@ -602,7 +609,8 @@ class Storm:
         if fake.loads_in_flight == 0 and all(r.done_at is not None for r in fake.requests):
             fake.clear_log()
         else:
-            self.problem("requests still in flight on a calm, settled controller")
+            pending = [(r.route, r.body) for r in fake.requests if r.done_at is None]
+            self.problem(f"requests still in flight on a calm, settled controller: {pending[:5]}")
         self.recorder.reset()
         self.spy.verdicts.clear()
 
@@ -611,15 +619,15 @@ class Storm:
         return (
             f"seed={self.seed} commands={self.commands} loads_sent={self.loads_sent}"
             f" evict_all={fake.evict_all_count} clock={self.elapsed:.0f}s"
-            f" strays_named={len(self.strays)} strays_seen={self.strays_seen}"
-            f" strays_unloaded_at_the_end={self.cleaned}"
-            f" strays_forgotten_by_reset={len(self.forgotten)}"
+            f" strays_named={len(self.strays)} strays_cleaned_up={self.strays_seen}"
+            f" unloads_for_clean_ups_at_the_end={self.cleaned}"
             f" faults={dict(self.world.injected)}"
         )
 
 
 def _brief(snap: SlotSnapshot) -> str:
     return (
-        f"{snap.state} model={snap.model} target={snap.target} stray={snap.stray}"
+        f"{snap.state} model={snap.model} target={snap.target} leaving={snap.leaving}"
+        f" cleanups={snap.cleanups}"
         f" error={snap.error}"
     )

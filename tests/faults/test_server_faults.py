@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 import httpx
 import pytest
 from checks import failed, holds, loads_of, unloads_of
@@ -241,11 +242,14 @@ async def test_server_goes_away_during_a_load(
             "server unreachable",
         )
         assert snap.model is None
+        assert snap.cleanups == ("beta",)  # sent, answer lost: the server may have it
         holds(ctl.snapshot("a"), "alpha")
 
         await server.start()
         holds(await ctl.load("c", "gamma"), "gamma")
-        assert ctl.snapshot("b") == snap
+        assert await ctl.refresh() is not None  # a reading that does not list it: dropped
+        assert ctl.snapshot("b") == attrs.evolve(snap, cleanups=())
+        assert ctl.ledger.owed() == ()
     assert [r.status for r in loads_of(fake, "beta")] == [None]  # one, never answered
     assert fake.loaded_models() == ["alpha", "gamma"]
 
@@ -264,13 +268,16 @@ async def test_server_goes_away_during_an_unload(
             assert ctl.snapshot("a").state is SlotState.UNLOADING
             await server.stop()
         (snap,) = result
+        # The answer was lost: the slot keeps the model until a reading says it is gone.
         failed(
             snap,
-            SlotState.ERROR,
+            SlotState.LOADED,
             PreloadError.UNLOAD_FAILED,
             "unloading 'alpha' failed",
             "server unreachable",
         )
+        assert (snap.model, snap.leaving, snap.cleanups) == ("alpha", (), ())
+        assert ctl.ledger.owner_of("alpha") == "a"
         holds(ctl.snapshot("b"), "beta")
 
         await server.start()
@@ -340,11 +347,15 @@ async def test_server_that_accepts_and_never_answers_anything(
             snap,
             SlotState.ERROR,
             PreloadError.LOAD_TIMEOUT,
-            "/load of 'alpha' did not answer within 0.5 s; not retried",
+            "loading 'alpha' did not finish within 0.5 s "
+            "(the timer fired while waiting for the /load of 'alpha'); not retried",
         )
         error = snap.error
         assert error is not None
-        assert (error.expected, error.found) == ("an answer within 0.5 s", "no answer")
+        assert (error.expected, error.found) == (
+            "a loaded model within 0.5 s",
+            "still waiting for the /load of 'alpha'",
+        )
         clean_idle(ctl.snapshot("b"))
         assert "health poll failed" in caplog.text
         with anyio.fail_after(PROMPTLY):
@@ -364,19 +375,28 @@ async def test_server_that_never_answers_a_load(
         fake.hang("beta")
         with anyio.fail_after(PROMPTLY):
             snap = await ctl.load("b", "beta")
-        failed(snap, SlotState.ERROR, PreloadError.LOAD_TIMEOUT, "did not answer within 0.5 s")
+        failed(
+            snap,
+            SlotState.ERROR,
+            PreloadError.LOAD_TIMEOUT,
+            "did not finish within 0.5 s (the timer fired while waiting for the /load of 'beta')",
+        )
+        assert snap.cleanups == ("beta",)  # not cancelled: the server goes on with it
         holds(ctl.snapshot("a"), "alpha")
         assert fake.loads_in_flight == 1  # the server is still working on it
         clean_idle(await ctl.unload("a"))  # other commands go on (an unload needs no load lock)
 
-        # The load finishes late: the next reading unloads it, once, and b stays in error.
-        fake.release("beta")
-        with anyio.fail_after(PROMPTLY):
-            while "beta" not in fake.loaded_models():
-                await fake.wait_changed()
-            assert await ctl.refresh() is not None
-            while "beta" in fake.loaded_models():
-                await fake.wait_changed()
+        # The load finishes late: it is unloaded at once, once, and b stays in error.
+        async with ctl.transitions() as stream:
+            fake.release("beta")
+            with anyio.fail_after(PROMPTLY):
+                async for record in stream:
+                    if record.trigger == "cleanup":
+                        assert (record.slot, record.model) == ("b", "beta"), record
+                        assert record.reason.startswith("stray gone"), record
+                        break
+        assert "beta" not in fake.loaded_models()
+        assert ctl.snapshot("b").cleanups == ()
         assert ctl.snapshot("b").state is SlotState.ERROR
         assert ctl.snapshot("b").error == snap.error
         holds(await ctl.load("c", "gamma"), "gamma")
@@ -421,11 +441,12 @@ async def test_500_with_a_plain_string_error_from_unload(
         snap = await ctl.unload("a")
         failed(
             snap,
-            SlotState.ERROR,
+            SlotState.LOADED,
             PreloadError.UNLOAD_FAILED,
             "unloading 'alpha' failed: POST /api/v1/unload: HTTP 500: "
             "backend process 24000 would not stop",
         )
+        assert snap.model == "alpha" and ctl.ledger.owner_of("alpha") == "a"
         assert fake.loaded_models() == ["alpha", "beta"]  # it is still there, and a says why
         holds(ctl.snapshot("b"), "beta")
 
@@ -677,15 +698,44 @@ async def test_load_answer_dropped_after_the_server_loaded_the_model(
             "loading 'beta' failed: POST /api/v1/load: server unreachable",
             "Server disconnected without sending a response",
         )
-        assert snap.model is None
+        assert snap.model is None and snap.cleanups == ("beta",)  # a stray, owned by nobody
         assert fake.loaded_models() == ["alpha", "beta"]
         holds(ctl.snapshot("a"), "alpha")
         fake.clear_drop_reply("beta")
-        clean_idle(await ctl.unload("b"))  # ADR-0007 §3: an explicit unload tries again...
+        async with ctl.transitions() as stream:
+            clean_idle(await ctl.unload("b"))  # ADR-0007 §3: an explicit unload cleans up...
+            with anyio.fail_after(PROMPTLY):
+                async for record in stream:
+                    if record.reason.startswith("stray gone"):
+                        assert (record.slot, record.model) == ("b", "beta"), record
+                        break
         assert fake.loaded_models() == ["alpha"]  # ...and reaches the model the server holds
+        assert ctl.snapshot("b").cleanups == ()
         holds(await ctl.load("c", "gamma"), "gamma")
     assert len(loads_of(fake, "beta")) == 1
     assert unloads_of(fake, "beta")[-1].status == 200
+
+
+async def test_unload_answer_dropped_keeps_the_model_until_a_reading_says_it_is_gone(
+    fake: FakeLemonade, models: dict[str, ModelEntry]
+) -> None:
+    """The unload happened but its answer was lost: the slot keeps alpha until /health shows."""
+    async with loopback(fake) as server, controller(server.url, models) as ctl:
+        holds(await ctl.load("a", "alpha"), "alpha")
+        fake.drop_reply("alpha")  # the unload happens; its answer never arrives
+        snap = await ctl.unload("a")
+        failed(snap, SlotState.LOADED, PreloadError.UNLOAD_FAILED, "unloading 'alpha' failed")
+        assert (snap.model, snap.cleanups) == ("alpha", ())
+        assert ctl.ledger.owner_of("alpha") == "a"
+        assert fake.loaded_models() == []
+        fake.clear_drop_reply("alpha")
+        assert await ctl.refresh() is not None  # the reading does not list it: gone
+        snap = ctl.snapshot("a")
+        failed(snap, SlotState.IDLE, PreloadError.EVICTED)
+        assert snap.model is None and ctl.ledger.owner_of("alpha") is None
+        assert await ctl.refresh() is not None  # at the latest one reading later: forgotten
+        assert ctl.snapshot("a").cleanups == () and len(ctl.ledger) == 0
+    assert [r.status for r in unloads_of(fake, "alpha")] == [None]  # sent once, no retry
 
 
 async def test_swap_whose_unload_of_the_old_model_answers_500(
@@ -699,11 +749,13 @@ async def test_swap_whose_unload_of_the_old_model_answers_500(
         snap = await ctl.load("a", "gamma")
         failed(
             snap,
-            SlotState.ERROR,
-            PreloadError.LOAD_FAILED,
-            "loading 'gamma' failed: POST /api/v1/unload: HTTP 500: "
-            "backend process 24000 would not stop",
+            SlotState.LOADED,
+            PreloadError.UNLOAD_FAILED,
+            "unloading 'alpha' before loading 'gamma' failed",
+            "HTTP 500: backend process 24000 would not stop",
+            "'gamma' was not sent, 'alpha' is kept",
         )
+        assert snap.model == "alpha" and ctl.ledger.owner_of("alpha") == "a"
         assert loads_of(fake, "gamma") == []  # nothing loaded over it
         assert fake.loaded_models() == ["alpha", "beta"]
         holds(ctl.snapshot("b"), "beta")
