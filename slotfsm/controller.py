@@ -591,9 +591,16 @@ class Controller:
         await self._watcher.observe(newer_than=self._sequence())
 
     async def _deliver(self, observed: Observed) -> None:
-        """Settle the ledger with a reading, then tell every slot; return once all handled it."""
+        """Tell every slot, then settle the ledger with the same reading.
+
+        Slots go first: a slot that learns its model is gone releases it, and
+        the same reading then proves it gone from the ledger too.
+        """
+        await self._tell_slots(observed)
         for name in self._ledger.observed(observed.health, observed.seq):
             self._courier.clean_up(name)
+
+    async def _tell_slots(self, observed: Observed) -> None:
         actors = list(self._actors.values())
         remaining = len(actors)
         if not remaining:
