@@ -156,17 +156,31 @@ def clean_idle(snap: SlotSnapshot) -> None:
     assert (snap.state, snap.model, snap.error) == (SlotState.IDLE, None, None), snap
 
 
-def in_background(
-    tg: anyio.abc.TaskGroup, command: Callable[[], Awaitable[SlotSnapshot]]
-) -> list[SlotSnapshot]:
-    """Start ``command`` in ``tg``; its snapshot lands in the returned list."""
+async def stop_the_server_during(
+    server: Loopback,
+    ctl: Controller,
+    slot: str,
+    busy: SlotState,
+    command: Callable[[], Awaitable[SlotSnapshot]],
+    hanging: Callable[[], Awaitable[None]],
+) -> SlotSnapshot:
+    """Run ``command`` until its request hangs with ``slot`` in ``busy``; stop the server.
+
+    Returns the snapshot ``command`` answered with once the server was gone.
+    """
     result: list[SlotSnapshot] = []
 
     async def run() -> None:
         result.append(await command())
 
-    tg.start_soon(run)
-    return result
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(PROMPTLY):
+            await hanging()
+        assert ctl.snapshot(slot).state is busy
+        await server.stop()
+    (snap,) = result
+    return snap
 
 
 # -- connection refused -------------------------------------------------------------------
@@ -227,13 +241,8 @@ async def test_server_goes_away_during_a_load(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         fake.hang("beta")
-        async with anyio.create_task_group() as tg:
-            result = in_background(tg, partial(ctl.load, "b", "beta"))
-            with anyio.fail_after(PROMPTLY):
-                await fake.wait_hanging("beta")
-            assert ctl.snapshot("b").state is SlotState.LOADING
-            await server.stop()
-        (snap,) = result
+        load, hanging = partial(ctl.load, "b", "beta"), partial(fake.wait_hanging, "beta")
+        snap = await stop_the_server_during(server, ctl, "b", SlotState.LOADING, load, hanging)
         failed(
             snap,
             SlotState.ERROR,
@@ -261,13 +270,8 @@ async def test_server_goes_away_during_an_unload(
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
         fake.hang_unload("alpha")
-        async with anyio.create_task_group() as tg:
-            result = in_background(tg, partial(ctl.unload, "a"))
-            with anyio.fail_after(PROMPTLY):
-                await fake.wait_hanging_unload("alpha")
-            assert ctl.snapshot("a").state is SlotState.UNLOADING
-            await server.stop()
-        (snap,) = result
+        unload, hanging = partial(ctl.unload, "a"), partial(fake.wait_hanging_unload, "alpha")
+        snap = await stop_the_server_during(server, ctl, "a", SlotState.UNLOADING, unload, hanging)
         # The answer was lost: the slot keeps the model until a reading says it is gone.
         failed(
             snap,

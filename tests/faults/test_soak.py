@@ -65,11 +65,10 @@ class ErrorCount(logging.Handler):
 async def test_soak_50_slots_with_faults_keeps_every_promise_in_flat_memory(
     tmp_path: Path, validation_spy: ValidationSpy, storm_seed: int
 ) -> None:
-    seed = storm_seed
     settings = StormSettings(slots=50, callers=50, commands=BATCH)
-    world = World(tmp_path, settings, random.Random(seed))
-    storm = Storm(world, validation_spy, seed)
-    print(f"\nsoak: seed {seed}, {SECONDS:g} s of wall time, 50 slots, batches of {BATCH}")
+    world = World(tmp_path, settings, random.Random(storm_seed))
+    storm = Storm(world, validation_spy, storm_seed)
+    print(f"\nsoak: seed {storm_seed}, {SECONDS:g} s of wall time, 50 slots, batches of {BATCH}")
 
     samples: list[tuple[int, int]] = []  # (commands so far, traced bytes) after each batch
     started = time.monotonic()
