@@ -51,6 +51,9 @@ __all__ = [
 API_PREFIX = "/api/v1/"
 """Every API route is requested under this prefix (``/live`` has none)."""
 
+DEFAULT_MAX_HEALTH_BYTES = 16 << 20
+"""The default cap on a ``/health`` body: 10,000 rows of 11.7.0 fit with room to spare."""
+
 _MESSAGE_CHARS = 200
 
 

@@ -115,7 +115,7 @@ async def test_a_hung_load_does_not_block_health_on_another_connection() -> None
             response = await client.post("/api/v1/load", json={"model_name": "qwen"})
             statuses.append(response.status_code)
 
-        fake.hang("qwen")
+        hang = fake.hanging("qwen")
         async with anyio.create_task_group() as tg:
             tg.start_soon(load_qwen)
             await fake.wait_hanging("qwen")
@@ -124,7 +124,7 @@ async def test_a_hung_load_does_not_block_health_on_another_connection() -> None
             assert polled.status_code == 200
             assert polled.json()["all_models_loaded"] == []
             assert statuses == []
-            fake.release("qwen")
+            hang.off()
     assert statuses == [200]
     assert fake.loaded_models() == ["qwen"]
 
@@ -138,13 +138,13 @@ async def test_a_load_carries_on_after_its_client_gives_up() -> None:
             with scope:
                 await client.post("/api/v1/load", json={"model_name": "qwen"})
 
-        fake.hang("qwen")
+        hang = fake.hanging("qwen")
         async with anyio.create_task_group() as tg:
             tg.start_soon(abandoned_load)
             await fake.wait_hanging("qwen")
             scope.cancel()
         assert fake.loads_in_flight == 1  # the server is still working on it
-        fake.release("qwen")
+        hang.off()
         with anyio.fail_after(PROMPTLY):
             while "qwen" not in fake.loaded_models():
                 await fake.wait_changed()
@@ -171,7 +171,7 @@ async def test_leaving_the_context_closes_promptly_even_with_a_hung_load() -> No
                 except httpx.TransportError as exc:
                     failures.append(exc)
 
-            fake.hang("qwen")
+            fake.hanging("qwen")
             tg.start_soon(hung_load)
             await fake.wait_hanging("qwen")
         async with httpx.AsyncClient() as late:
@@ -234,7 +234,7 @@ async def test_pipelined_requests_and_http10_close() -> None:
 
 async def test_a_dropped_reply_closes_the_connection_without_an_answer() -> None:
     fake = make_fake()
-    fake.drop_reply("qwen")
+    fake.dropping_replies("qwen")
     body = b'{"model_name": "qwen"}'
     request = (
         b"POST /api/v1/load HTTP/1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"

@@ -20,7 +20,7 @@ from slotfsm import (
     SlotConfig,
     SlotState,
 )
-from slotfsm.testing import FakeLemonade, FakeModel
+from slotfsm.testing import FakeLemonade, FakeModel, Hang
 
 pytestmark = pytest.mark.anyio
 
@@ -55,11 +55,12 @@ async def refresh_until_stray_gone(ctl: Controller) -> None:
                     return
 
 
-async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> None:
-    fake.hang("alpha")
+async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> Hang:
+    hang = fake.hanging("alpha")
     snap = await ctl.load("chat", "alpha")
     assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
     assert snap.stray == "alpha"
+    return hang
 
 
 def unloads_of(fake: FakeLemonade, model: str) -> int:
@@ -71,8 +72,8 @@ async def test_a_late_arrival_is_unloaded_once_seen(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
-        fake.release("alpha")
+        hang = await time_out_on_alpha(fake, ctl)
+        hang.off()
         await wait_until(fake, lambda: "alpha" in fake.loaded_models())
         await refresh_until_stray_gone(ctl)
         assert "alpha" not in fake.loaded_models()
@@ -86,10 +87,10 @@ async def test_an_unload_before_the_late_arrival_keeps_watching_for_it(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
         snap = await ctl.unload("chat")  # the server says "not loaded": it may still come
         assert snap.state is SlotState.IDLE and snap.stray == "alpha"
-        fake.release("alpha")
+        hang.off()
         await wait_until(fake, lambda: "alpha" in fake.loaded_models())
         await refresh_until_stray_gone(ctl)
         assert ctl.snapshot("chat").stray is None
@@ -101,8 +102,8 @@ async def test_loading_another_model_unloads_the_stray_first(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
-        fake.release("alpha")
+        hang = await time_out_on_alpha(fake, ctl)
+        hang.off()
         await wait_until(fake, lambda: "alpha" in fake.loaded_models())
         snap = await ctl.load("chat", "beta")
         assert (snap.state, snap.model, snap.stray) == (SlotState.LOADED, "beta", None)
@@ -115,10 +116,10 @@ async def test_reset_forgets_the_stray_and_leaves_it_alone(
     """Documented: after reset, a late arrival is left alone like any model we did not load."""
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
         snap = await ctl.reset("chat")
         assert (snap.state, snap.stray) == (SlotState.IDLE, None)
-        fake.release("alpha")
+        hang.off()
         await wait_until(fake, lambda: "alpha" in fake.loaded_models())
         await ctl.refresh()
         assert fake.unloads() == []
@@ -129,17 +130,17 @@ async def test_a_stray_blocks_other_slots_from_its_model(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2), SlotConfig("other")) as ctl:
-        await time_out_on_alpha(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
         with pytest.raises(ModelInUseError, match="may still hold"):
             await ctl.load("other", "alpha")
-        fake.release("alpha")
+        hang.off()
 
 
 async def test_callers_of_the_same_hung_load_share_one_request(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
     fake, build = served
-    fake.hang("alpha")
+    hang = fake.hanging("alpha")
     async with build(SlotConfig("chat", load_timeout=0.3)) as ctl:
         results = []
 
@@ -154,7 +155,7 @@ async def test_callers_of_the_same_hung_load_share_one_request(
         assert anyio.current_time() - started < 0.3 * 2  # one timeout, not three in a row
         assert len(fake.loads()) == 1
         assert [r.error.kind for r in results if r.error] == [PreloadError.LOAD_TIMEOUT] * 3
-        fake.release("alpha")
+        hang.off()
 
 
 async def test_a_failed_stray_unload_is_not_retried_alone_but_unload_retries(
@@ -162,17 +163,17 @@ async def test_a_failed_stray_unload_is_not_retried_alone_but_unload_retries(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
-        fake.release("alpha")
+        hang = await time_out_on_alpha(fake, ctl)
+        hang.off()
         await wait_until(fake, lambda: "alpha" in fake.loaded_models())
-        fake.fail_unload("alpha", "backend would not stop")
+        failing = fake.failing_unload("alpha", "backend would not stop")
         await ctl.refresh()
         await wait_until(fake, lambda: unloads_of(fake, "alpha") == 1)
         for _ in range(3):
             await ctl.refresh()
         assert unloads_of(fake, "alpha") == 1  # tried once on sight, never again alone
         assert ctl.snapshot("chat").stray == "alpha"
-        fake.clear_fail_unload("alpha")
+        failing.off()
         snap = await ctl.unload("chat")
         assert (snap.state, snap.stray) == (SlotState.IDLE, None)
         assert fake.loaded_models() == []

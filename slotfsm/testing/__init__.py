@@ -26,14 +26,26 @@ On a real loopback socket, in the current event loop (asyncio or trio)::
     assert fake.loaded_models() == ["qwen3-0.6b"]
 """
 
-from slotfsm.testing._values import MODEL_TYPES, FakeModel, HealthFault, RecordedRequest
+from slotfsm.testing._switches import Hang, Switch
+from slotfsm.testing._values import (
+    HEALTH_TYPES,
+    MODEL_TYPES,
+    FakeModel,
+    FakeTiming,
+    HealthFault,
+    RecordedRequest,
+)
 from slotfsm.testing.fake_lemonade import PREFIXES, FakeLemonade
 
 __all__ = [
+    "HEALTH_TYPES",
     "MODEL_TYPES",
     "PREFIXES",
     "FakeLemonade",
     "FakeModel",
+    "FakeTiming",
+    "Hang",
     "HealthFault",
     "RecordedRequest",
+    "Switch",
 ]

@@ -224,7 +224,7 @@ async def test_server_goes_away_during_a_load(
 ) -> None:
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.hang("beta")
+        fake.hanging("beta")
         async with anyio.create_task_group() as tg:
             result = await load_in_background(tg, ctl, "b", "beta")
             with anyio.fail_after(PROMPTLY):
@@ -254,7 +254,7 @@ async def test_server_goes_away_during_an_unload(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.hang_unload("alpha")
+        hung_unload = fake.hanging_unload("alpha")
         result: dict[str, SlotSnapshot] = {}
 
         async def unload_a() -> None:
@@ -276,7 +276,7 @@ async def test_server_goes_away_during_an_unload(
         holds(ctl.snapshot("b"), "beta")
 
         await server.start()
-        fake.release_unload("alpha")
+        hung_unload.off()
         assert fake.loaded_models() == ["alpha", "beta"]  # the unload never happened
         clean_idle(await ctl.unload("a"))  # an explicit unload tries again, and works
         holds(await ctl.load("c", "gamma"), "gamma")
@@ -296,7 +296,7 @@ async def test_server_that_never_answers_health(
         controller(server.url, models, http_timeout=SHORT_HTTP) as ctl,
     ):
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.set_health_fault(HealthFault.HANG)
+        health_fault = fake.health_fault(HealthFault.HANG)
         failures = ctl.idle_watcher.failures
         with anyio.fail_after(PROMPTLY):
             started = anyio.current_time()
@@ -308,7 +308,7 @@ async def test_server_that_never_answers_health(
         assert "no complete answer within 0.3 s" in caplog.text or "ReadTimeout" in caplog.text
         holds(ctl.snapshot("a"), "alpha")
         assert fake.unloads() == []
-        fake.set_health_fault(None)
+        health_fault.off()
         health = await ctl.refresh()
         assert health is not None and health.names == {"alpha", "beta"}
     assert len(fake.loads()) == 2
@@ -363,7 +363,7 @@ async def test_server_that_never_answers_a_load(
     slots = ["a", SlotConfig("b", load_timeout=SHORT_LOAD), "c"]
     async with loopback(fake) as server, controller(server.url, models, slots) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.hang("beta")
+        hang = fake.hanging("beta")
         with anyio.fail_after(PROMPTLY):
             snap = await ctl.load("b", "beta")
         failed(snap, SlotState.ERROR, PreloadError.LOAD_TIMEOUT, "did not answer within 0.5 s")
@@ -372,7 +372,7 @@ async def test_server_that_never_answers_a_load(
         clean_idle(await ctl.unload("a"))  # other commands go on (an unload needs no load lock)
 
         # The load finishes late: the next reading unloads it, once, and b stays in error.
-        fake.release("beta")
+        hang.off()
         with anyio.fail_after(PROMPTLY):
             while "beta" not in fake.loaded_models():
                 await fake.wait_changed()
@@ -394,7 +394,7 @@ async def test_500_with_a_nested_error_object_from_load(
 ) -> None:
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.fail("beta", "model file /models/beta.gguf does not exist")  # no evict-all
+        fake.failing("beta", "model file /models/beta.gguf does not exist")  # no evict-all
         snap = await ctl.load("b", "beta")
         failed(
             snap,
@@ -419,7 +419,7 @@ async def test_500_with_a_plain_string_error_from_unload(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.fail_unload("alpha", "backend process 24000 would not stop")
+        failing_unload = fake.failing_unload("alpha", "backend process 24000 would not stop")
         snap = await ctl.unload("a")
         failed(
             snap,
@@ -431,7 +431,7 @@ async def test_500_with_a_plain_string_error_from_unload(
         assert fake.loaded_models() == ["alpha", "beta"]  # it is still there, and a says why
         holds(ctl.snapshot("b"), "beta")
 
-        fake.clear_fail_unload("alpha")
+        failing_unload.off()
         clean_idle(await ctl.unload("a"))  # an explicit unload tries again
         holds(await ctl.load("c", "gamma"), "gamma")
     assert [r.status for r in unloads_of(fake, "alpha")] == [500, 200]
@@ -504,7 +504,7 @@ async def check_a_bad_health_body(
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
         failures = ctl.idle_watcher.failures
-        fake.set_health_fault(fault)
+        health_fault = fake.health_fault(fault)
         fake.evict_all()  # if the body were guessed at, a slot would now be told something
         with anyio.fail_after(PROMPTLY):
             assert await ctl.refresh() is None
@@ -516,7 +516,7 @@ async def check_a_bad_health_body(
         holds(ctl.snapshot("a"), "alpha")
         holds(ctl.snapshot("b"), "beta")
 
-        fake.set_health_fault(None)  # the next good reading tells the truth
+        health_fault.off()  # the next good reading tells the truth
         assert await ctl.refresh() is not None
         for slot, model in (("a", "alpha"), ("b", "beta")):
             failed(
@@ -607,7 +607,7 @@ async def test_health_listing_a_model_twice(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.set_duplicate_rows(True)
+        fake.duplicate_rows()
         health = await ctl.refresh()
         assert health is not None
         assert [m.name for m in health.models] == ["alpha", "beta"]  # merged, one each
@@ -682,7 +682,7 @@ async def test_evict_all_caused_by_a_failed_load_from_outside(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.fail("gamma", "llama-server failed to start")
+        fake.failing("gamma", "llama-server failed to start")
         async with httpx.AsyncClient(base_url=server.url) as someone_else:
             answer = await someone_else.post("/api/v1/load", json={"model_name": "gamma"})
         assert answer.status_code == 500
@@ -711,7 +711,7 @@ async def test_load_answer_dropped_after_the_server_loaded_the_model(
     """A dropped connection after the load happened: the slot cannot know, so it must not forget."""
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.drop_reply("beta")  # the load happens; its answer never arrives
+        dropping = fake.dropping_replies("beta")  # the load happens; its answer never arrives
         snap = await ctl.load("b", "beta")
         failed(
             snap,
@@ -723,7 +723,7 @@ async def test_load_answer_dropped_after_the_server_loaded_the_model(
         assert snap.model is None
         assert fake.loaded_models() == ["alpha", "beta"]
         holds(ctl.snapshot("a"), "alpha")
-        fake.clear_drop_reply("beta")
+        dropping.off()
         clean_idle(await ctl.unload("b"))  # ADR-0007 §3: an explicit unload tries again...
         assert fake.loaded_models() == ["alpha"]  # ...and reaches the model the server holds
         holds(await ctl.load("c", "gamma"), "gamma")
@@ -738,7 +738,7 @@ async def test_swap_whose_unload_of_the_old_model_answers_500(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.fail_unload("alpha", "backend process 24000 would not stop")
+        failing_unload = fake.failing_unload("alpha", "backend process 24000 would not stop")
         snap = await ctl.load("a", "gamma")
         failed(
             snap,
@@ -750,7 +750,7 @@ async def test_swap_whose_unload_of_the_old_model_answers_500(
         assert loads_of(fake, "gamma") == []  # nothing loaded over it
         assert fake.loaded_models() == ["alpha", "beta"]
         holds(ctl.snapshot("b"), "beta")
-        fake.clear_fail_unload("alpha")
+        failing_unload.off()
         clean_idle(await ctl.unload("a"))  # the slot still owns alpha: an unload reaches it
         assert fake.loaded_models() == ["beta"]
         holds(await ctl.load("c", "gamma"), "gamma")
