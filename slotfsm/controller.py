@@ -78,7 +78,7 @@ class Controller:
         hash_policy: HashPolicy = HashPolicy.FINGERPRINT,
         state_path: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        http_timeout: float = 10.0,
+        http_timeout: float = 30.0,
         history: int = 32,
     ) -> None:
         self._registry = registry if isinstance(registry, Registry) else Registry(registry)

@@ -154,7 +154,11 @@ async def test_first_sighting_never_unloads(
 
 
 @virtual
-@pytest.mark.parametrize("fault", list(HealthFault))
+@pytest.mark.parametrize(
+    "fault",
+    # A malformed row no longer costs the reading (the row alone is left out).
+    [f for f in HealthFault if f is not HealthFault.NAME_NOT_STRING],
+)
 async def test_a_flaky_health_never_unloads_and_polling_goes_on(
     fault: HealthFault,
     fake: FakeLemonade,

@@ -37,6 +37,7 @@ from slotfsm import (
     SlotSnapshot,
     SlotState,
 )
+from slotfsm.lemonade import DEFAULT_MAX_HEALTH_BYTES
 from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
 
 pytestmark = pytest.mark.anyio
@@ -551,21 +552,31 @@ async def test_huge_health_body_is_refused_unread(
     fake: FakeLemonade, models: dict[str, ModelEntry], caplog: pytest.LogCaptureFixture
 ) -> None:
     await check_a_bad_health_body(
-        fake, models, caplog, HealthFault.HUGE, "HTTP 200: body larger than 1048576 bytes"
+        fake,
+        models,
+        caplog,
+        HealthFault.HUGE,
+        f"HTTP 200: body larger than {DEFAULT_MAX_HEALTH_BYTES} bytes",
     )
 
 
 async def test_health_listing_a_model_with_a_non_string_name(
     fake: FakeLemonade, models: dict[str, ModelEntry], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One bad row costs the whole reading: strict, and blind while it lasts."""
-    await check_a_bad_health_body(
-        fake,
-        models,
-        caplog,
-        HealthFault.NAME_NOT_STRING,
-        "model #0: 'model_name' is not a non-empty string",
-    )
+    """One bad row is left out and logged; the rest of the reading still tells the truth."""
+    async with loopback(fake) as server, controller(server.url, models) as ctl:
+        holds(await ctl.load("a", "alpha"), "alpha")
+        holds(await ctl.load("b", "beta"), "beta")
+        with fake.health_fault(HealthFault.NAME_NOT_STRING):
+            fake.evict_all()
+            with anyio.fail_after(PROMPTLY):
+                assert await ctl.refresh() is not None
+        assert "model #0: 'model_name' is not a non-empty string" in caplog.text
+        for slot, model in (("a", "alpha"), ("b", "beta")):
+            failed(
+                ctl.snapshot(slot), SlotState.IDLE, PreloadError.EVICTED, f"'{model}' was evicted"
+            )
+    assert fake.unloads() == []
 
 
 # httpx leaves its inner iterators to the garbage collector when a streamed
@@ -574,7 +585,7 @@ async def test_health_listing_a_model_with_a_non_string_name(
 async def test_endless_health_body_is_read_bounded(
     models: dict[str, ModelEntry], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 200 with no Content-Length and a body that never ends: the read stops past 1 MiB."""
+    """A 200 with no Content-Length and a body that never ends: the read stops past the cap."""
     sent: list[int] = []
     cut_off = anyio.Event()
 
@@ -597,7 +608,9 @@ async def test_endless_health_body_is_read_bounded(
             assert await ctl.refresh() is None
             await cut_off.wait()  # the client hung up on the endless body
         clean_idle(ctl.snapshot("a"))
-    assert "GET /api/v1/health: HTTP 200: body larger than 1048576 bytes" in caplog.text
+    assert f"GET /api/v1/health: HTTP 200: body larger than {DEFAULT_MAX_HEALTH_BYTES} bytes" in (
+        caplog.text
+    )
     assert sent and max(sent) < 64 * 1024 * 1024  # bounded (1 MiB plus socket buffers)
 
 
