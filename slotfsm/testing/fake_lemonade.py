@@ -338,6 +338,7 @@ class FakeLemonade:
         )
         index = len(self._log)
         self._log.append(record)
+        self._notify()
         counts_as_load = route == "load" and method == "POST"
         if counts_as_load:
             self._loads_in_flight += 1
@@ -912,7 +913,7 @@ class FakeLemonade:
     async def wait_changed(self) -> None:
         """Wait until something about the fake changes.
 
-        That is: a request is answered (or abandoned), a model is loaded or
+        That is: a request arrives or is answered (or abandoned), a model is loaded or
         unloaded or used, a start starts hanging, or a switch is flipped.  Use
         it in a loop around the condition you want::
 
