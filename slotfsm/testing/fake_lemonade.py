@@ -455,7 +455,7 @@ class FakeLemonade:
             self._max_model_loads_in_flight[model.name], self._model_loads_in_flight[model.name]
         )
         try:
-            async with self._lock("_load_lock"):
+            async with self._loads():
                 return await self._load_serialized(model, sent, options)
         finally:
             self._model_loads_in_flight[model.name] -= 1
@@ -566,7 +566,7 @@ class FakeLemonade:
 
     async def _evict(self, entries: Iterable[Loaded]) -> None:
         """Stop these backends one after another, holding the router lock."""
-        async with self._lock("_router_lock"):
+        async with self._router():
             for entry in entries:
                 await _take(self.timing.unload)
                 if self._residency.get(entry.model.name) is entry:
@@ -604,7 +604,7 @@ class FakeLemonade:
                     await self.wait_changed()
             finally:
                 self._hanging_unloads[sent] -= 1
-        async with self._lock("_router_lock"):
+        async with self._router():
             model = self._lookup(sent)
             entry = self._residency.get(model.name if model is not None else sent)
             if entry is None:
@@ -633,7 +633,7 @@ class FakeLemonade:
         while self._health_fault() is HealthFault.HANG:
             await self.wait_changed()
         if self.timing.health_waits:
-            async with self._lock("_router_lock"):
+            async with self._router():
                 pass  # an eviction in progress holds it
         fault = self._health_fault()
         if fault is HealthFault.NOT_JSON:
@@ -706,7 +706,7 @@ class FakeLemonade:
         if self._residency.get(model.name) is None:
             options = self._resolve_options({})
             assert not isinstance(options, str)
-            async with self._lock("_load_lock"):
+            async with self._loads():
                 loaded = await self._load_serialized(model, sent, options)
             if loaded.status != 200:
                 return loaded
@@ -948,12 +948,17 @@ class FakeLemonade:
         self._last_stamp = max(self._to_ms(self._now()), self._last_stamp + 1)
         return self._last_stamp
 
-    def _lock(self, which: str) -> anyio.Lock:
-        lock: anyio.Lock | None = getattr(self, which)
-        if lock is None:
-            lock = anyio.Lock()
-            setattr(self, which, lock)
-        return lock
+    def _loads(self) -> anyio.Lock:
+        """The load lock: loads are serialized server-wide."""
+        if self._load_lock is None:
+            self._load_lock = anyio.Lock()
+        return self._load_lock
+
+    def _router(self) -> anyio.Lock:
+        """The router lock: held by every unload and eviction, awaited by ``/health``."""
+        if self._router_lock is None:
+            self._router_lock = anyio.Lock()
+        return self._router_lock
 
     def _notify(self) -> None:
         if self._changed is not None:
