@@ -373,8 +373,8 @@ class LemonadeClient:
         """Load ``model_name`` with ``options`` (``POST /api/v1/load``).
 
         The body is ``{"model_name": model_name, **options}``; options whose
-        value is ``None`` are left out (the server's parser breaks on
-        ``null``).  ``llamacpp_args`` must be one string (``TypeError``
+        value is ``None`` are left out (11.7.0 reads ``null`` as "not given"
+        too; older servers' parsers broke on it).  ``llamacpp_args`` must be one string (``TypeError``
         otherwise); other values must be str, int, finite float or bool.  All of
         this is checked before any request is made.
 
