@@ -64,14 +64,15 @@ async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> Hang:
     return hang
 
 
-async def readings_until(ctl: Controller, condition: Callable[[], bool]) -> int:
-    """Poll the server until ``condition`` holds; return how many readings it took."""
-    readings = 0
-    with anyio.fail_after(5):
-        while not condition():
-            await ctl.refresh()
-            readings += 1
-    return readings
+async def answered_unloads(fake: FakeLemonade, count: int) -> None:
+    """Wait until the fake has answered ``count`` unloads of alpha, and no more."""
+
+    def answered() -> int:
+        done = [r for r in fake.unloads() if r.done_at is not None]
+        return sum(1 for r in done if r.body == {"model_name": "alpha"})
+
+    await wait_until(fake, lambda: answered() >= count)
+    assert answered() == count
 
 
 def unloads_of(fake: FakeLemonade, model: str) -> int:
@@ -185,16 +186,17 @@ async def test_a_failed_clean_up_is_retried_at_each_reading_that_lists_it(
         hang = await time_out_on_alpha(fake, ctl)
         with fake.failing_unload("alpha", "backend would not stop"):
             hang.off()
-            await wait_until(fake, lambda: unloads_of(fake, "alpha") == 1)  # on arrival
-            await readings_until(ctl, lambda: unloads_of(fake, "alpha") == 2)
+            await answered_unloads(fake, 1)  # the clean-up on arrival, refused
+            for tries in (2, 3):  # each reading that lists it tries once more, no more
+                await ctl.refresh()
+                await answered_unloads(fake, tries)
             assert ctl.snapshot("chat").cleanups == ("alpha",)
-        # One /unload per reading that lists it, no more: the next reading tries once more.
         async with ctl.transitions() as stream:
-            readings = await readings_until(ctl, lambda: unloads_of(fake, "alpha") == 3)
-            assert readings == 1, readings
+            await ctl.refresh()  # one reading, one more try, and this one works
             with anyio.fail_after(5):
                 async for record in stream:
                     if record.reason.startswith("stray gone"):
                         break
+        await ctl.refresh()  # the reading no longer lists it: nothing more is sent
         assert ctl.snapshot("chat").cleanups == () and ctl.ledger.owed() == ()
-        assert fake.loaded_models() == [] and unloads_of(fake, "alpha") == 3
+        assert fake.loaded_models() == [] and unloads_of(fake, "alpha") == 4
