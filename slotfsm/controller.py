@@ -48,7 +48,7 @@ from slotfsm.errors import (
 from slotfsm.events import Cancel, Load, Observed, Reset, Unload, UseChanged
 from slotfsm.idle import IdleWatcher, Reading
 from slotfsm.ledger import Ledger, Phase
-from slotfsm.lemonade import Health, LemonadeClient
+from slotfsm.lemonade import DEFAULT_TIMEOUT, Health, LemonadeClient
 from slotfsm.preload import FingerprintCache, HashPolicy, validate
 from slotfsm.registry import ModelEntry, Registry
 from slotfsm.rulebook import Rulebook
@@ -107,7 +107,7 @@ class Controller:
         hash_policy: HashPolicy = HashPolicy.FINGERPRINT,
         state_path: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        http_timeout: float = 10.0,
+        http_timeout: float = DEFAULT_TIMEOUT,
         history: int = 32,
         cache_path: str | os.PathLike[str] | None = None,
         allow_unverified: bool = False,

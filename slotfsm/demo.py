@@ -169,14 +169,14 @@ async def _tell(ctl: Controller, fake: FakeLemonade, story: _Story) -> None:
     )
 
     story.chapter("3. a load hangs on the server: one timeout, no retry")
-    fake.hang("slow-model")
+    hang = fake.hanging("slow-model")
     snap = await ctl.load("spare", "slow-model")
     check(
         snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT,
         f"spare: {_describe(snap)}",
     )
     async with ctl.transitions() as stream:
-        fake.release("slow-model")  # the server finishes the load after we gave up on it
+        hang.off()  # the server finishes the load after we gave up on it
         late = await _wait_for(
             stream, lambda t: t.slot == "spare" and t.reason.startswith("stray gone")
         )
@@ -201,7 +201,7 @@ async def _tell(ctl: Controller, fake: FakeLemonade, story: _Story) -> None:
 
     story.chapter("5. a real load failure: the server evicts everything, slotfsm notices")
     await ctl.reset("spare")
-    fake.fail("crashing-model", "llama-server failed to start")
+    fake.failing("crashing-model", "llama-server failed to start")
     snap = await ctl.load("spare", "crashing-model")
     check(
         snap.error is not None and snap.error.kind is PreloadError.LOAD_FAILED,

@@ -1,10 +1,11 @@
 """An async client for the few Lemonade Server routes slotfsm needs.
 
-:class:`LemonadeClient` speaks to ``/api/v1/load``, ``/api/v1/unload``,
-``/api/v1/health`` and ``/live`` over :class:`httpx.AsyncClient`.  It never
-retries anything, never sends ``null`` fields, never sends an unload without a
-model name, and never lets the API key reach a repr, a log line or an
-exception message.
+:class:`LemonadeClient` speaks to ``load``, ``unload``, ``health``,
+``models/{name}`` and ``system-info`` under the API prefix (``/api/v1``, or
+``/v1``) and to ``/live`` over :class:`httpx.AsyncClient`.  It never retries
+anything, never sends ``null`` fields, never sends an unload without a model
+name, and never lets the API key reach a repr, a log line or an exception
+message.
 
 Everything that can go wrong surfaces as a subclass of :class:`LemonadeError`:
 
@@ -15,19 +16,32 @@ Everything that can go wrong surfaces as a subclass of :class:`LemonadeError`:
 - :class:`ServerHTTPError`: the server answered with a non-2xx status; its
   ``status``, ``message`` and ``code`` come from either error-body shape;
 - :class:`ServerParseError`: a 2xx body that is not the JSON the server
-  promises, or a body larger than ``max_body_bytes``.
+  promises, or a body larger than the route's cap.
 
-Response bodies are streamed and read only up to ``max_body_bytes``; one whose
-``Content-Length`` already says it is larger is not read at all.
+Response bodies are streamed and read only up to a cap (``max_body_bytes``;
+``max_health_bytes`` for ``/health``); one whose ``Content-Length`` already
+says it is larger is not read at all.
+
+**Timings** (Lemonade 11.7.0 on a 2-core host, ``lemonade-api.md`` "Timing"
+in the shared reference): one unload or eviction takes about 2.1 s, and
+``/health`` waits for every eviction in progress, so during an evict-all it
+is blocked for about 2.1 s per loaded model (10 s was observed with 5
+models).  The default ``timeout`` is therefore :data:`DEFAULT_TIMEOUT` (30 s):
+a ``/health`` or ``/unload`` waiting behind the evict-all of up to 14 loaded
+models still answers in time, so a healthy but busy server is not reported
+unreachable.  Raise it for servers that keep more models loaded.  ``/load``
+has no read timeout at all (the caller bounds it, ADR-0007 §3).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import types
+import urllib.parse
 from collections.abc import Mapping
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import attrs
@@ -37,19 +51,37 @@ from slotfsm.config import positive_seconds
 from slotfsm.errors import ConfigError, SlotfsmError
 
 __all__ = [
+    "API_PREFIXES",
+    "DEFAULT_MAX_HEALTH_BYTES",
+    "DEFAULT_TIMEOUT",
     "Health",
     "LemonadeClient",
     "LemonadeError",
     "LoadResult",
     "LoadedModel",
+    "ModelInfo",
     "ServerHTTPError",
     "ServerParseError",
     "ServerTimeout",
     "ServerUnreachable",
+    "SystemInfo",
 ]
 
-API_PREFIX = "/api/v1/"
-"""Every API route is requested under this prefix (``/live`` has none)."""
+logger = logging.getLogger(__name__)
+
+API_PREFIXES: tuple[str, ...] = ("/api/v1", "/v1")
+"""The API prefixes a client may use (``/live`` has none); the first is the default."""
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for every phase of a request but ``/load``'s read (see the module docstring)."""
+
+DEFAULT_MAX_HEALTH_BYTES = 16 << 20
+"""The default cap on a ``/health`` body.
+
+An 11.7.0 row with typical paths is about 850 bytes (``tests/test_lemonade_client.py``
+measures it), so 10,000 loaded models take about 8.5 MB; the cap leaves room for
+longer paths and options.
+"""
 
 _MESSAGE_CHARS = 200
 
@@ -79,6 +111,10 @@ class ServerTimeout(LemonadeError):
 
 class ServerParseError(LemonadeError):
     """A 2xx body that is not what the server promises, or one too large."""
+
+
+class _TooBig(ServerParseError):
+    """A 2xx body over the route's cap."""
 
 
 class ServerHTTPError(LemonadeError):
@@ -112,6 +148,10 @@ class LoadResult:
     recipe: str | None = None
 
 
+def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(value))
+
+
 @attrs.frozen
 class LoadedModel:
     """One model listed by ``/health``.
@@ -119,7 +159,13 @@ class LoadedModel:
     ``last_use`` is the server's monotonic clock in milliseconds, not a Unix
     time: only compare it with an earlier reading of the same server.
     ``busy`` is ``is_busy or is_streaming`` on newer servers, ``False`` on
-    servers that do not report them.
+    servers that do not report them.  ``checkpoint`` is what the server
+    loaded the name from (a path for a local file, a hub id for a built-in);
+    ``model_file`` is the file the backend was started with (the element
+    after ``-m`` in the row's ``launch_command``), or ``None`` when the row
+    has none.  ``raw`` is the whole row as the server sent it (read-only),
+    for the fields slotfsm does not interpret (``backend_url``, ``pid``, ...);
+    it takes no part in equality or hashing.
     """
 
     name: str
@@ -129,6 +175,52 @@ class LoadedModel:
     recipe: str | None = None
     busy: bool = False
     status: str | None = None
+    model_file: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only, eq=False, repr=False)
+
+
+@attrs.frozen
+class ModelInfo:
+    """One model as ``GET /api/v1/models/{name}`` describes it.
+
+    ``id`` is the model's canonical name: the one ``/health`` lists, whatever
+    spelling was asked for (``extra.X`` gives ``X``).  ``checkpoint`` is what
+    the server will load for it: an absolute path for a local file (for a
+    sub-folder model, the folder), a hub id (``org/repo:variant``) for a
+    built-in.  ``source`` is ``extra_models_dir`` for local files,
+    ``huggingface`` for built-ins.  ``raw`` is the whole object (read-only).
+    """
+
+    id: str
+    checkpoint: str | None = None
+    recipe: str | None = None
+    source: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only, eq=False, repr=False)
+
+
+@attrs.frozen
+class SystemInfo:
+    """What ``GET /api/v1/system-info`` says about the llama.cpp backends.
+
+    ``llamacpp_backends`` maps each backend (``cpu``, ``vulkan``, ...) to its
+    state (``installed``, ``unsupported``, ...); ``default_backend`` is the
+    one ``auto`` means.  ``raw`` is the whole answer (read-only).
+    """
+
+    llamacpp_backends: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only)
+    default_backend: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only, eq=False, repr=False)
+
+    def allows_backend(self, name: str) -> bool:
+        """Whether ``/load`` accepts ``llamacpp_backend=name`` without the evict-all.
+
+        11.7.0 accepts ``auto`` and every backend whose state is not
+        ``unsupported``; anything else fails the load and evicts every model.
+        """
+        if name == "auto":
+            return True
+        state = self.llamacpp_backends.get(name)
+        return state is not None and state != "unsupported"
 
 
 def _to_pairs(value: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
@@ -139,14 +231,19 @@ def _to_pairs(value: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
 class Health:
     """The parsed ``/health`` answer.
 
-    ``max_models`` is stored as sorted pairs so that a ``Health`` stays
-    hashable; the property hands it out as a read-only mapping.
+    ``status`` is ``None`` when the server sent none.  ``max_models`` is
+    stored as sorted pairs so that a ``Health`` stays hashable; the property
+    hands it out as a read-only mapping.  ``raw`` is the whole answer as the
+    server sent it (read-only; not part of equality or hashing).
+    ``skipped`` counts the rows left out because they were malformed.
     """
 
-    status: str
+    status: str | None
     version: str | None = None
     models: tuple[LoadedModel, ...] = ()
     _max_models: tuple[tuple[str, int], ...] = attrs.field(factory=dict, converter=_to_pairs)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_read_only, eq=False, repr=False)
+    skipped: int = attrs.field(default=0, eq=False)
     # Every slot looks its model up in every observation: index the names once.
     _by_name: Mapping[str, LoadedModel] = attrs.field(init=False, eq=False, repr=False)
 
@@ -182,10 +279,15 @@ class LemonadeClient:
     """An async client for one Lemonade Server.
 
     ``base_url`` is the server root (``http://127.0.0.1:13305``); API requests
-    go to ``/api/v1/<route>``.  ``api_key``, when given, is sent as
-    ``Authorization: Bearer KEY`` and shown nowhere else.  ``timeout`` bounds
-    every phase of every request except the read of ``/load`` (see
-    :meth:`load`).  ``transport`` replaces the default one (e.g. an
+    go to ``<api_prefix>/<route>``, where ``api_prefix`` is ``/api/v1`` (the
+    default) or ``/v1`` (``ConfigError`` otherwise).  ``api_key``, when
+    given, is sent as ``Authorization: Bearer KEY`` and shown nowhere else.
+    ``timeout`` (default :data:`DEFAULT_TIMEOUT`, 30 s, chosen from the
+    server's measured timings: see the module docstring) bounds every phase
+    of every request except the read of ``/load`` (see :meth:`load`).
+    ``max_body_bytes`` caps every body but ``/health``'s, which
+    ``max_health_bytes`` caps (default :data:`DEFAULT_MAX_HEALTH_BYTES`).
+    ``transport`` replaces the default one (e.g. an
     :class:`httpx.MockTransport` or an ASGI transport in tests).  Environment
     proxies and ``.netrc`` are ignored: the server is reached directly.
 
@@ -198,14 +300,25 @@ class LemonadeClient:
         *,
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
         max_body_bytes: int = 1 << 20,
+        max_health_bytes: int = DEFAULT_MAX_HEALTH_BYTES,
+        api_prefix: str = API_PREFIXES[0],
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if not (isinstance(max_body_bytes, int) and max_body_bytes > 0):
-            raise ConfigError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+        for knob, limit in (
+            ("max_body_bytes", max_body_bytes),
+            ("max_health_bytes", max_health_bytes),
+        ):
+            if isinstance(limit, bool) or not (isinstance(limit, int) and limit > 0):
+                raise ConfigError(f"{knob} must be a positive int, got {limit!r}")
+        prefix = api_prefix.rstrip("/") if isinstance(api_prefix, str) else api_prefix
+        if prefix not in API_PREFIXES:
+            raise ConfigError(
+                f"api_prefix must be one of {', '.join(API_PREFIXES)}, got {api_prefix!r}"
+            )
         headers = {"Accept": "application/json"}
         if api_key is not None:
             # Checked here so that a bad key never reaches httpx, whose header
@@ -219,6 +332,9 @@ class LemonadeClient:
         self._api_key = api_key
         self._timeout = positive_seconds("timeout", timeout)
         self._max_body_bytes = max_body_bytes
+        self._max_health_bytes = max_health_bytes
+        self._prefix = f"{prefix}/"
+        self._warned_health_cap = False
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             headers=headers,
@@ -232,6 +348,11 @@ class LemonadeClient:
     def base_url(self) -> str:
         """The server root this client talks to."""
         return self._base_url
+
+    @property
+    def api_prefix(self) -> str:
+        """The prefix of every API route, e.g. ``/api/v1``."""
+        return self._prefix.rstrip("/")
 
     def __repr__(self) -> str:
         return f"LemonadeClient({self._base_url!r})"
@@ -252,10 +373,10 @@ class LemonadeClient:
         """Load ``model_name`` with ``options`` (``POST /api/v1/load``).
 
         The body is ``{"model_name": model_name, **options}``; options whose
-        value is ``None`` are left out (the server's parser breaks on
-        ``null``).  ``llamacpp_args`` must be one string (``TypeError``
-        otherwise); other values must be str, int, finite float or bool.  All of
-        this is checked before any request is made.
+        value is ``None`` are left out (11.7.0 reads ``null`` as "not given"
+        too; older servers' parsers broke on it).  ``llamacpp_args`` must be
+        one string (``TypeError`` otherwise); other values must be str, int,
+        finite float or bool.  All of this is checked before any request is made.
 
         ADR-0007: this method never retries, and it has no read timeout of its
         own (the server queues loads without limit and gives a backend up to
@@ -284,7 +405,7 @@ class LemonadeClient:
             body[key] = value
         route, doc = await self._send(
             "POST",
-            API_PREFIX + "load",
+            self._prefix + "load",
             body=body,
             phases=httpx.Timeout(self._timeout, read=None),
         )
@@ -314,7 +435,7 @@ class LemonadeClient:
         _check_model_name(model_name)
         try:
             route, doc = await self._send(
-                "POST", API_PREFIX + "unload", body={"model_name": model_name}
+                "POST", self._prefix + "unload", body={"model_name": model_name}
             )
         except ServerHTTPError as exc:
             if exc.status == 404 and "not loaded" in exc.message.lower():
@@ -326,22 +447,91 @@ class LemonadeClient:
     async def health(self) -> Health:
         """Read ``GET /api/v1/health``.
 
-        The body is parsed strictly: a shape that is not the promised one
-        raises :class:`ServerParseError` rather than being guessed at.  The
-        model list is ``all_models_loaded`` (or ``loaded`` on older servers);
-        each entry needs a non-empty string ``model_name``; ``last_use`` must
-        be an int when present (a bool, float or string is a parse error);
-        ``type``, ``checkpoint``, ``recipe``, ``status`` must be strings and
-        ``is_busy``, ``is_streaming``, ``pinned`` bools when present (``null``
-        counts as absent).  Unknown fields are ignored.
+        The reading as a whole must be a JSON object with a model list
+        (``all_models_loaded``, or ``loaded`` on older servers), a string
+        ``version`` and int ``max_models`` when present; otherwise it raises
+        :class:`ServerParseError` rather than being guessed at.  A missing
+        ``status`` is tolerated (``Health.status`` is then ``None``).
+
+        Rows are read leniently: a row that is not an object, has no
+        non-empty string ``model_name``, or whose ``last_use`` is not an int,
+        ``type``, ``checkpoint``, ``recipe``, ``status`` not strings,
+        ``is_busy``, ``is_streaming``, ``pinned`` not bools or
+        ``recipe_options`` not an object (``null`` counts as absent) is left
+        out and logged, and the rest of the reading stands.  Unknown fields
+        are ignored (and kept in ``raw``).
 
         A model listed twice is merged into one entry, leaning toward "in
         use": the first entry's fields, ``busy`` if either entry says busy, and
         the larger ``last_use`` (all readings come from one monotonic clock, so
         the larger is the most recent use).
+
+        A body over ``max_health_bytes`` raises :class:`ServerParseError`; the
+        first time, it is also logged as a warning, since the controller is
+        then blind to the server until the cap is raised.
         """
-        route, doc = await self._send("GET", API_PREFIX + "health")
+        try:
+            route, doc = await self._send(
+                "GET", self._prefix + "health", limit=self._max_health_bytes
+            )
+        except _TooBig as exc:
+            if not self._warned_health_cap:
+                self._warned_health_cap = True
+                logger.warning(
+                    "%s; every reading this large is ignored: raise max_health_bytes", exc
+                )
+            raise
         return _parse_health(route, doc)
+
+    async def model_info(self, name: str) -> ModelInfo:
+        """Describe model ``name`` (``GET /api/v1/models/{name}``).
+
+        Any spelling the server accepts works (``X``, ``extra.X``); the
+        answer's ``id`` is the canonical one.  An unknown name raises
+        :class:`ServerHTTPError` with ``status`` 404 and ``code``
+        ``"model_not_found"``.
+        """
+        _check_model_name(name)
+        path = self._prefix + "models/" + urllib.parse.quote(name, safe="")
+        route, doc = await self._send("GET", path)
+        obj = _object(route, doc)
+        ident = obj.get("id")
+        if not isinstance(ident, str) or not ident:
+            raise ServerParseError(route, "'id' is not a non-empty string")
+        return ModelInfo(
+            id=ident,
+            checkpoint=_opt_str(route, obj, "checkpoint", "body"),
+            recipe=_opt_str(route, obj, "recipe", "body"),
+            source=_opt_str(route, obj, "source", "body"),
+            raw=obj,
+        )
+
+    async def system_info(self) -> SystemInfo:
+        """The llama.cpp backends and their states (``GET /api/v1/system-info``).
+
+        A server that lists no llama.cpp recipe gives an empty
+        ``llamacpp_backends``.
+        """
+        route, doc = await self._send("GET", self._prefix + "system-info")
+        obj = _object(route, doc)
+        recipes = obj.get("recipes")
+        llamacpp = recipes.get("llamacpp") if isinstance(recipes, dict) else None
+        if llamacpp is None:
+            return SystemInfo(raw=obj)
+        where = "'recipes.llamacpp'"
+        llamacpp = _object(route, llamacpp, where)
+        states: dict[str, str] = {}
+        backends = llamacpp.get("backends")
+        if backends is not None:
+            for name, backend in _object(route, backends, f"{where}.backends").items():
+                state = _opt_str(route, _object(route, backend, name), "state", name)
+                if state is not None:
+                    states[name] = state
+        return SystemInfo(
+            llamacpp_backends=states,
+            default_backend=_opt_str(route, llamacpp, "default_backend", where),
+            raw=obj,
+        )
 
     async def live(self) -> bool:
         """``GET /live``: ``True`` when the server answers ``{"status": "ok"}``.
@@ -364,6 +554,7 @@ class LemonadeClient:
         *,
         body: Mapping[str, object] | None = None,
         phases: httpx.Timeout | None = None,
+        limit: int | None = None,
     ) -> tuple[str, object]:
         """Send one request (exactly one) and return ``(route, parsed JSON)``.
 
@@ -372,10 +563,11 @@ class LemonadeClient:
         that a server trickling bytes, or a transport without timeouts of its
         own (an in-process ASGI app), cannot hold a caller forever.
         """
+        cap = limit if limit is not None else self._max_body_bytes
         if phases is not None and phases.read is None:
-            return await self._exchange(method, path, body, phases)
+            return await self._exchange(method, path, body, phases, cap)
         with anyio.move_on_after(self._timeout) as deadline:
-            return await self._exchange(method, path, body, phases)
+            return await self._exchange(method, path, body, phases, cap)
         assert deadline.cancelled_caught
         raise ServerTimeout(f"{method} {path}", f"no complete answer within {self._timeout:g} s")
 
@@ -385,6 +577,7 @@ class LemonadeClient:
         path: str,
         body: Mapping[str, object] | None,
         phases: httpx.Timeout | None,
+        cap: int,
     ) -> tuple[str, object]:
         """One request and its bounded body; non-2xx raises :class:`ServerHTTPError`."""
         route = f"{method} {path}"
@@ -398,7 +591,7 @@ class LemonadeClient:
                 timeout=phases if phases is not None else httpx.USE_CLIENT_DEFAULT,
             ) as response:
                 declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > self._max_body_bytes:
+                if declared.isdigit() and int(declared) > cap:
                     too_big = True  # not a byte of it is read
                 else:
                     # A streamed body is cut off past the limit; httpx then
@@ -406,7 +599,7 @@ class LemonadeClient:
                     # (trio reports that as a ResourceWarning).
                     async for chunk in response.aiter_bytes():
                         data += chunk
-                        if len(data) > self._max_body_bytes:
+                        if len(data) > cap:
                             too_big = True
                             break
                 status = response.status_code
@@ -426,9 +619,7 @@ class LemonadeClient:
             message, code = _error_fields(bytes(data), status)
             raise ServerHTTPError(route, status, self._redact(message), code)
         if too_big:
-            raise ServerParseError(
-                route, f"HTTP {status}: body larger than {self._max_body_bytes} bytes"
-            )
+            raise _TooBig(route, f"HTTP {status}: body larger than {cap} bytes")
         try:
             return route, json.loads(bytes(data))
         except (ValueError, RecursionError) as exc:
@@ -499,6 +690,16 @@ def _opt_int(route: str, obj: Mapping[str, object], key: str, where: str) -> int
     raise ServerParseError(route, f"{where}: {key!r} is {type(value).__name__}, not an int")
 
 
+def _model_file(obj: Mapping[str, object]) -> str | None:
+    """The element after ``-m`` in the row's ``launch_command``, if there is one."""
+    command = obj.get("launch_command")
+    if not isinstance(command, list) or "-m" not in command:
+        return None
+    at = command.index("-m") + 1
+    file = command[at] if at < len(command) else None
+    return file if isinstance(file, str) and file else None
+
+
 def _parse_model(route: str, index: int, entry: object) -> LoadedModel:
     where = f"model #{index}"
     obj = _object(route, entry, where)
@@ -519,6 +720,8 @@ def _parse_model(route: str, index: int, entry: object) -> LoadedModel:
         recipe=_opt_str(route, obj, "recipe", where),
         busy=busy or streaming,
         status=_opt_str(route, obj, "status", where),
+        model_file=_model_file(obj),
+        raw=obj,
     )
 
 
@@ -534,15 +737,21 @@ def _merge(first: LoadedModel, again: LoadedModel) -> LoadedModel:
 def _parse_health(route: str, doc: object) -> Health:
     obj = _object(route, doc)
     status = obj.get("status")
-    if not isinstance(status, str):
+    if status is not None and not isinstance(status, str):
         raise ServerParseError(route, "'status' is not a string")
     key = "all_models_loaded" if "all_models_loaded" in obj else "loaded"
     entries = obj.get(key)
     if not isinstance(entries, list):
         raise ServerParseError(route, "no model list ('all_models_loaded' or 'loaded')")
     models: dict[str, LoadedModel] = {}
+    skipped = 0
     for index, entry in enumerate(entries):
-        model = _parse_model(route, index, entry)
+        try:
+            model = _parse_model(route, index, entry)
+        except ServerParseError as exc:
+            skipped += 1
+            logger.warning("%s; that row is left out of the reading", exc)
+            continue
         seen = models.get(model.name)
         models[model.name] = model if seen is None else _merge(seen, model)
 
@@ -558,4 +767,6 @@ def _parse_health(route: str, doc: object) -> Health:
         version=_opt_str(route, obj, "version", "body"),
         models=tuple(models.values()),
         max_models=max_models,
+        raw=obj,
+        skipped=skipped,
     )

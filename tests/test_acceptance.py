@@ -65,7 +65,7 @@ async def test_nuclear_evict_all_not_triggered_by_prevalidation_failure(
     """Integration, real socket: a validation failure never reaches the server; a real
     load failure with the same bad bytes would have evicted everything."""
     fake = served(models, "alpha", "corrupt")
-    fake.fail("corrupt", "llama-server failed to start")  # what a corrupt file does to it
+    fake.failing("corrupt", "llama-server failed to start")  # what a corrupt file does to it
     async with served_controller(fake, models.values(), SlotConfig("a"), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
         snap = await ctl.load("b", "corrupt")
@@ -75,7 +75,7 @@ async def test_nuclear_evict_all_not_triggered_by_prevalidation_failure(
 
         # The control experiment: a model that passes validation but fails on the
         # server does trigger the evict-all, and slotfsm reports it on slot a.
-        fake.fail("beta", "llama-server failed to start")
+        fake.failing("beta", "llama-server failed to start")
         fake.add_model(FakeModel("beta"))
         snap = await ctl.load("b", "beta")
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_FAILED
@@ -89,24 +89,23 @@ async def test_hung_load_times_out_once_in_real_time(models: dict[str, ModelEntr
     """Load timeout: a hung /v1/load surfaces LOAD_TIMEOUT (0.5 s here; 120 s is
     tested in virtual time), with exactly one /load sent and no retry."""
     fake = served(models, "alpha")
-    fake.hang("alpha")
     slot = SlotConfig("chat", load_timeout=0.5)
     async with served_controller(fake, [models["alpha"]], slot) as ctl:
-        with anyio.fail_after(5):
-            snap = await ctl.load("chat", "alpha")
-        assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
-        entered, left = snap.history[-2], snap.history[-1]
-        assert (entered.dest, left.source, left.dest) == (
-            SlotState.LOADING,
-            SlotState.LOADING,
-            SlotState.ERROR,
-        )
-        assert left.at - entered.at >= 0.5  # it waited its whole timeout...
-        assert fake.loads_in_flight == 1  # ...and gave up on a /load still unanswered
-        assert len(fake.loads()) == 1
-        await ctl.refresh()
-        assert len(fake.loads()) == 1
-        fake.release("alpha")
+        with fake.hanging("alpha"):
+            with anyio.fail_after(5):
+                snap = await ctl.load("chat", "alpha")
+            assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
+            entered, left = snap.history[-2], snap.history[-1]
+            assert (entered.dest, left.source, left.dest) == (
+                SlotState.LOADING,
+                SlotState.LOADING,
+                SlotState.ERROR,
+            )
+            assert left.at - entered.at >= 0.5  # it waited its whole timeout...
+            assert fake.loads_in_flight == 1  # ...and gave up on a /load still unanswered
+            assert len(fake.loads()) == 1
+            await ctl.refresh()
+            assert len(fake.loads()) == 1
 
 
 def test_race_between_validation_and_load_is_documented() -> None:

@@ -134,7 +134,7 @@ async def test_load_failure_and_the_evict_all_it_causes_are_reported(
 ) -> None:
     async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
-        fake.fail("beta", "llama-server failed to start")
+        fake.failing("beta", "llama-server failed to start")
         snap = await ctl.load("b", "beta")
         assert snap.state is SlotState.ERROR
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_FAILED
@@ -152,7 +152,7 @@ async def test_a_200_that_hides_an_evict_all_is_noticed(
 ) -> None:
     async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
-        fake.fail("beta", "llama-server failed to start", retry_succeeds=True)
+        fake.failing("beta", "llama-server failed to start", retry_succeeds=True)
         snap = await ctl.load("b", "beta")
         assert (snap.state, snap.model, snap.error) == (SlotState.LOADED, "beta", None)
         assert fake.evict_all_count == 1
@@ -167,7 +167,7 @@ async def test_not_found_failure_touches_nothing_else(
 ) -> None:
     async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
-        fake.fail("beta", "No such file or directory")
+        fake.failing("beta", "No such file or directory")
         snap = await ctl.load("b", "beta")
         assert snap.state is SlotState.ERROR
         assert ctl.snapshot("a").state is SlotState.LOADED
@@ -266,7 +266,7 @@ async def test_unload_during_a_load_waits_for_it(
     fake: FakeLemonade, make_controller: ControllerFactory
 ) -> None:
     async with make_controller(SlotConfig("chat")) as ctl:
-        fake.hang("alpha")
+        hang = fake.hanging("alpha")
         async with anyio.create_task_group() as tg:
             tg.start_soon(ctl.load, "chat", "alpha")
             await fake.wait_hanging("alpha")
@@ -277,7 +277,7 @@ async def test_unload_during_a_load_waits_for_it(
                     inner.start_soon(ctl.unload, "chat")
                     await anyio.wait_all_tasks_blocked()
                     assert ctl.snapshot("chat").state is SlotState.LOADING
-                    fake.release("alpha")
+                    hang.off()
         assert ctl.snapshot("chat").state is SlotState.IDLE
         assert [r.route for r in fake.requests if r.route in ("load", "unload")] == [
             "load",
@@ -291,7 +291,7 @@ async def test_hung_load_times_out_at_the_default_120s_without_retry(
 ) -> None:
     async with make_controller(SlotConfig("a", idle_timeout=0), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
-        fake.hang("beta")
+        fake.hanging("beta")
         snap = await ctl.load("b", "beta")
         assert snap.state is SlotState.ERROR
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
@@ -315,7 +315,7 @@ async def test_hung_load_times_out_at_the_default_120s_without_retry(
 async def test_callers_still_waiting_are_answered_when_the_controller_closes(
     fake: FakeLemonade, make_controller: ControllerFactory
 ) -> None:
-    fake.hang("alpha")
+    fake.hanging("alpha")
     answers: list[BaseException] = []
 
     async def caller(ctl: Controller, slot: str, model: str) -> None:

@@ -85,8 +85,8 @@ async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]
             entries.append(write_model(directory, name, flaw=FLAWS.get(kind)))
             if kind != "gone":
                 fake.add_model(FakeModel(name))  # "gone": the server does not know it
-        fake.hang(model_name(slot, "hang"))
-        fake.fail(model_name(slot, "crash"), "llama-server failed to start")
+        fake.hanging(model_name(slot, "hang"))
+        fake.failing(model_name(slot, "crash"), "llama-server failed to start")
     tracker = LoadTracker(fake.transport())
     answers: Counter[int] = Counter()
     records: list[SlotTransition] = []

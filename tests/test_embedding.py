@@ -58,14 +58,15 @@ async def test_remove_slot_keeps_a_slot_whose_unload_fails(
 ) -> None:
     async with make_controller(SlotConfig("chat")) as ctl:
         await ctl.load("chat", "alpha")
-        fake.fail_unload("alpha", "backend would not stop")
-        with pytest.raises(FailureError) as caught:
+        with (
+            fake.failing_unload("alpha", "backend would not stop"),
+            pytest.raises(FailureError) as caught,
+        ):
             await ctl.remove_slot("chat")
         assert caught.value.failure.kind is PreloadError.UNLOAD_FAILED
         snap = ctl.snapshot("chat")  # still there, still owning its model: nothing leaks
         assert (snap.state, snap.model) == (SlotState.LOADED, "alpha")
         assert ctl.ledger.owner_of("alpha") == "chat"
-        fake.clear_fail_unload("alpha")
         await ctl.remove_slot("chat")
         assert fake.loaded_models() == []
 

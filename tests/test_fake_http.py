@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from slotfsm.testing import FakeLemonade, FakeModel
+from slotfsm.testing import FakeLemonade, FakeModel, FakeTiming
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,7 @@ async def test_connection_close_is_honoured() -> None:
         response = await client.get("/api/v1/health", headers={"Connection": "close"})
         assert response.headers["connection"] == "close"
         # The server closes its side: reading until EOF returns instead of timing out.
-        answer = await exchange(url, b"GET /live HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answer = await exchange(url, b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert answer.endswith(b'{"status": "ok"}')
 
@@ -115,7 +115,7 @@ async def test_a_hung_load_does_not_block_health_on_another_connection() -> None
             response = await client.post("/api/v1/load", json={"model_name": "qwen"})
             statuses.append(response.status_code)
 
-        fake.hang("qwen")
+        hang = fake.hanging("qwen")
         async with anyio.create_task_group() as tg:
             tg.start_soon(load_qwen)
             await fake.wait_hanging("qwen")
@@ -124,7 +124,7 @@ async def test_a_hung_load_does_not_block_health_on_another_connection() -> None
             assert polled.status_code == 200
             assert polled.json()["all_models_loaded"] == []
             assert statuses == []
-            fake.release("qwen")
+            hang.off()
     assert statuses == [200]
     assert fake.loaded_models() == ["qwen"]
 
@@ -138,13 +138,13 @@ async def test_a_load_carries_on_after_its_client_gives_up() -> None:
             with scope:
                 await client.post("/api/v1/load", json={"model_name": "qwen"})
 
-        fake.hang("qwen")
+        hang = fake.hanging("qwen")
         async with anyio.create_task_group() as tg:
             tg.start_soon(abandoned_load)
             await fake.wait_hanging("qwen")
             scope.cancel()
         assert fake.loads_in_flight == 1  # the server is still working on it
-        fake.release("qwen")
+        hang.off()
         with anyio.fail_after(PROMPTLY):
             while "qwen" not in fake.loaded_models():
                 await fake.wait_changed()
@@ -171,7 +171,7 @@ async def test_leaving_the_context_closes_promptly_even_with_a_hung_load() -> No
                 except httpx.TransportError as exc:
                     failures.append(exc)
 
-            fake.hang("qwen")
+            fake.hanging("qwen")
             tg.start_soon(hung_load)
             await fake.wait_hanging("qwen")
         async with httpx.AsyncClient() as late:
@@ -191,28 +191,42 @@ async def test_an_error_in_the_body_propagates_unwrapped() -> None:
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"GET /live HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-        (b"POST /api/v1/load HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
-        (b"POST /api/v1/load HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
-        (b"GET /live HTTP/1.1\r\nContent-Length: ten\r\n\r\n", 400),
+        (b"GET /live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"POST /api/v1/load HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
+        (b"GET /live HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400),
         (b"BROKEN\r\n\r\n", 400),
-        (b"GET /live HTTP/2.0\r\n\r\n", 505),
-        (b"GET /live HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET /live HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /live HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
+        (b"GET /live HTTP/1.1\r\n\r\n", 400),
     ],
     ids=[
         "head-too-large",
         "body-too-large",
-        "chunked",
         "bad-length",
         "bad-line",
         "http2",
         "bad-header",
+        "no-host",
     ],
 )
 async def test_malformed_requests_are_refused_and_closed(request_bytes: bytes, status: int) -> None:
     async with make_fake().serve() as url:
         answer = await exchange(url, request_bytes)
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+async def test_a_chunked_request_body_is_read() -> None:
+    fake = make_fake()
+    body = b'{"model_name": "qwen"}'
+    request = (
+        b"POST /api/v1/load HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    )
+    async with fake.serve() as url:
+        answer = await exchange(url, request)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert fake.loaded_models() == ["qwen"]
 
 
 async def test_pipelined_requests_and_http10_close() -> None:
@@ -227,17 +241,19 @@ async def test_pipelined_requests_and_http10_close() -> None:
     first, _, rest = answer.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200 OK")
     assert b"HTTP/1.1 200 OK" in rest and rest.endswith(b'{"status": "ok"}')
-    assert b"connection: close" in rest
+    assert b"connection: close" in rest.lower()
     assert fake.loaded_models() == ["qwen"]
     assert [r.route for r in fake.requests] == ["load", "live"]
 
 
 async def test_a_dropped_reply_closes_the_connection_without_an_answer() -> None:
     fake = make_fake()
-    fake.drop_reply("qwen")
+    fake.dropping_replies("qwen")
     body = b'{"model_name": "qwen"}'
     request = (
-        b"POST /api/v1/load HTTP/1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        b"POST /api/v1/load HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
     ) + body
     async with fake.serve() as url:
         answer = await exchange(url, request)
@@ -249,3 +265,28 @@ async def test_a_dropped_reply_closes_the_connection_without_an_answer() -> None
     assert live.status_code == 200
     assert fake.loaded_models() == ["qwen"]
     assert [(r.status, r.dropped) for r in fake.loads()] == [(None, True), (None, True)]
+
+
+async def test_real_timing_over_loopback_health_waits_for_an_unload() -> None:
+    """``FakeTiming.REAL``: an unload takes 2.1 s; ``/health`` waits for it, ``/live`` does not."""
+    fake = make_fake(timing=FakeTiming.REAL)
+    order: list[str] = []
+    async with fake.serve() as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await client.post("/api/v1/load", json={"model_name": "qwen"})
+
+        async def unload() -> None:
+            await client.post("/api/v1/unload", json={"model_name": "qwen"})
+            order.append("unloaded")
+
+        async def health() -> None:
+            body = (await client.get("/api/v1/health")).json()
+            order.append(f"health lists {[r['model_name'] for r in body['all_models_loaded']]}")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(unload)
+            while not any(r.route == "unload" for r in fake.requests):
+                await fake.wait_changed()
+            tg.start_soon(health)
+            assert (await client.get("/live")).status_code == 200
+            order.append("live")
+    assert order == ["live", "unloaded", "health lists []"]

@@ -1,4 +1,9 @@
-"""The fake Lemonade does what the reference page says the real server does (in process)."""
+"""The fake Lemonade's switches, knobs and bookkeeping (in process).
+
+What the real server does is checked by replaying its recorded answers
+(``tests/test_contract.py``); this file covers what the recordings cannot:
+the test switches, the timing knobs, the request log, background work.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,15 @@ import anyio
 import httpx
 import pytest
 
-from slotfsm.testing import PREFIXES, FakeLemonade, FakeModel, HealthFault, RecordedRequest
+from slotfsm.lemonade import DEFAULT_MAX_HEALTH_BYTES
+from slotfsm.testing import (
+    HEALTH_TYPES,
+    FakeLemonade,
+    FakeModel,
+    FakeTiming,
+    HealthFault,
+    RecordedRequest,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +34,7 @@ OFFSET = FakeLemonade.LAST_USE_OFFSET_MS
 def make_fake(**kwargs: Any) -> FakeLemonade:
     models = [
         FakeModel("qwen", checkpoint="unsloth/Qwen3-0.6B-GGUF:Q4_0"),
-        FakeModel("llama"),
+        FakeModel("llama", checkpoint="/models/llama.gguf"),
         FakeModel("phi"),
         FakeModel("nomic", type="embedding"),
     ]
@@ -52,196 +65,33 @@ async def row(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
     return found
 
 
-# ---------------------------------------------------------------- routes
+# ---------------------------------------------------------------- configuration
 
 
-async def test_every_api_route_answers_under_the_four_prefixes() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        for prefix in PREFIXES:
-            assert (await client.get(f"{prefix}health")).json()["status"] == "ok"
-            assert (await client.get(f"{prefix}models")).json()["object"] == "list"
-            loaded = await client.post(f"{prefix}load", json={"model_name": "qwen"})
-            assert loaded.status_code == 200
-            unloaded = await client.post(f"{prefix}unload", json={"model_name": "qwen"})
-            assert unloaded.status_code == 200
-    assert [r.path for r in fake.requests[:4]] == [
-        "/api/v1/health",
-        "/api/v1/models",
-        "/api/v1/load",
-        "/api/v1/unload",
-    ]
-    assert [r.route for r in fake.requests] == ["health", "models", "load", "unload"] * 4
-    assert {r.path for r in fake.loads()} == {f"{p}load" for p in PREFIXES}
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError):
+        FakeLemonade(["a"], max_models={"llm": 0})
+    with pytest.raises(ValueError):
+        FakeLemonade(["a"], max_models={"vision": 1})
+    with pytest.raises(ValueError):
+        FakeLemonade(["a", "a"])
+    with pytest.raises(ValueError):
+        FakeModel("a", type="chat")
+    with pytest.raises(ValueError):
+        FakeTiming(unload=-1)
 
 
-async def test_live_answers_without_a_prefix_only() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        live = await client.get("/live")
-        assert (live.status_code, live.json()) == (200, {"status": "ok"})
-        assert (await client.get("/api/v1/live")).status_code == 404
-        assert (await client.get("/health")).status_code == 404
-    assert [r.route for r in fake.requests] == ["live", "other", "other"]
-
-
-async def test_unknown_route_is_404_with_an_error() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        for response in (
-            await client.get("/api/v1/nope"),
-            await client.post("/api/v1/health"),
-            await client.get("/"),
-        ):
-            assert response.status_code == 404
-            assert "error" in response.json()
-
-
-@pytest.mark.parametrize("route", ["load", "unload"])
-async def test_get_on_a_post_route_is_405(route: str) -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        response = await client.get(f"/api/v1/{route}")
-    assert response.status_code == 405
-    assert response.json() == {"error": "Method Not Allowed. Use POST for this endpoint"}
-    assert fake.loads() == [] and fake.unloads() == []
-
-
-async def test_api_key_is_required_on_prefixed_routes_and_never_stored() -> None:
-    fake = make_fake(api_key="s3cret-key")
-    async with connect(fake) as client:
-        missing = await client.get("/api/v1/health")
-        wrong = await client.get("/v1/health", headers={"Authorization": "Bearer nope"})
-        bare = await client.get("/v0/health", headers={"Authorization": "s3cret-key"})
-        good = await client.get("/api/v1/health", headers={"Authorization": "Bearer s3cret-key"})
-        load_without = await load(client, "qwen")
-        live = await client.get("/live")
-    for refused in (missing, wrong, bare, load_without):
-        assert refused.status_code == 401
-        assert refused.json() == {"error": "Invalid or missing API key"}
-    assert good.status_code == 200
-    assert live.status_code == 200
-    assert fake.loaded_models() == []
-    assert [r.authorized for r in fake.requests] == [False, False, False, True, False, False]
-    assert [r.status for r in fake.requests] == [401, 401, 401, 200, 401, 200]
-    assert "s3cret" not in repr(fake.requests)
-
-
-# ---------------------------------------------------------------- /load
-
-
-async def test_load_answers_the_success_shape_and_ignores_recipe_and_checkpoint() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        response = await load(client, "qwen", recipe="flm", checkpoint="other/repo:Q8_0")
-        assert response.status_code == 200
-        assert response.json() == {
-            "status": "success",
-            "model_name": "qwen",
-            "checkpoint": "unsloth/Qwen3-0.6B-GGUF:Q4_0",
-            "recipe": "llamacpp",
-        }
-        loaded = await row(client, "qwen")
-    assert loaded["checkpoint"] == "unsloth/Qwen3-0.6B-GGUF:Q4_0"
-    assert loaded["recipe"] == "llamacpp"
-    assert fake.loaded_models() == ["qwen"]
-
-
-async def test_load_of_an_unknown_model_is_404_model_not_found() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        response = await load(client, "ghost")
-    assert response.status_code == 404
-    error = response.json()["error"]
-    assert error["message"].startswith("Model 'ghost' was not found.")
-    assert {k: v for k, v in error.items() if k != "message"} == {
-        "type": "model_not_found",
-        "param": "model",
-        "code": "model_not_found",
-        "requested_model": "ghost",
-    }
-    assert fake.loaded_models() == []
-
-
-async def test_load_with_an_empty_name_is_an_unknown_model() -> None:
-    # The server reads "" as a name (it is a string) and finds no such model.
-    fake = make_fake()
-    async with connect(fake) as client:
-        response = await load(client, "")
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "model_not_found"
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"not json", b"", b"{}", b'{"model": "qwen"}', b'{"model_name": 5}', b'["qwen"]'],
-    ids=["garbage", "empty", "no-name", "model-key", "name-not-string", "array"],
-)
-async def test_load_with_bad_json_or_no_model_name_is_400(body: bytes) -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        response = await client.post("/api/v1/load", content=body)
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert error["message"].startswith("Invalid request: ")
-    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
-    assert fake.loaded_models() == []
-
-
-@pytest.mark.parametrize(
-    "options",
-    [{"llamacpp_args": None}, {"llamacpp_args": ["--parallel", "1"]}, {"ctx_size": None}],
-    ids=["args-null", "args-list", "ctx-null"],
-)
-async def test_load_with_a_null_or_list_option_breaks_the_parser(options: dict[str, Any]) -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        assert (await load(client, "nomic")).status_code == 200
-        response = await load(client, "qwen", **options)
-    assert response.status_code == 500
-    error = response.json()["error"]
-    assert error["code"] == "model_load_error"
-    assert error["message"].startswith("Failed to load model 'qwen': [json.exception.type_error")
-    assert fake.loaded_models() == ["nomic"]
-    assert fake.evict_all_count == 0
-
-
-async def test_load_records_known_options_and_ignores_the_rest() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        options = {"ctx_size": 8192, "llamacpp_backend": "vulkan", "llamacpp_args": "--parallel 1"}
-        response = await load(client, "qwen", **options, save_options=False, flavour=None)
-        assert response.status_code == 200
-        assert (await row(client, "qwen"))["recipe_options"] == options
-
-
-async def test_same_options_only_refresh_different_options_reload() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        await load(client, "qwen", ctx_size=4096)
-        first = await row(client, "qwen")
-        assert (await load(client, "qwen", ctx_size=4096)).status_code == 200
-        same = await row(client, "qwen")
-        assert same["pid"] == first["pid"]
-        assert same["last_use"] >= first["last_use"]
-        assert (await load(client, "qwen", ctx_size=8192)).status_code == 200
-        other = await row(client, "qwen")
-    assert other["pid"] != first["pid"]
-    assert other["recipe_options"] == {"ctx_size": 8192}
-    assert fake.loaded_models() == ["qwen"]
-
-
-@pytest.mark.virtual_time
-async def test_same_options_reload_moves_last_use_in_virtual_time() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        await load(client, "qwen", ctx_size=4096)
-        before = await row(client, "qwen")
-        await anyio.sleep(30)
-        await load(client, "qwen", ctx_size=4096)
-        after = await row(client, "qwen")
-    assert after["last_use"] == before["last_use"] + 30_000
-    assert after["pid"] == before["pid"]
+def test_a_model_is_local_when_its_checkpoint_is_a_path() -> None:
+    local = FakeModel("m", checkpoint="/models/m.gguf")
+    hub = FakeModel("h")
+    assert (local.source, local.model_file, local.spellings) == (
+        "extra_models_dir",
+        "/models/m.gguf",
+        ("m", "extra.m"),
+    )
+    assert (hub.source, hub.checkpoint, hub.spellings) == ("huggingface", "fake-org/h:Q4_0", ("h",))
+    assert hub.model_file.startswith(FakeModel.HF_CACHE)
+    assert FakeModel("u", checkpoint="/u.gguf", source="user").spellings == ("u", "user.u")
 
 
 # ---------------------------------------------------------------- per-type LRU
@@ -254,14 +104,7 @@ async def test_a_full_type_evicts_its_own_lru_only() -> None:
             assert (await load(client, name)).status_code == 200
         body = await health(client)
     assert fake.loaded_models() == ["nomic", "llama"]
-    assert body["max_models"] == {
-        "llm": 1,
-        "embedding": 1,
-        "reranking": 1,
-        "transcription": 1,
-        "image": 1,
-        "tts": 1,
-    }
+    assert body["max_models"] == dict.fromkeys(HEALTH_TYPES, 1)
 
 
 async def test_lru_picks_the_least_recently_used_not_the_oldest() -> None:
@@ -279,81 +122,55 @@ async def test_lru_picks_the_least_recently_used_not_the_oldest() -> None:
 
 
 async def test_unlimited_type_never_evicts() -> None:
-    fake = make_fake(max_models={"llm": -1})
+    fake = make_fake(max_models={"llm": -1, "mesh": 2})
     async with connect(fake) as client:
         for name in ("qwen", "llama", "phi"):
             await load(client, name)
+        limits = (await health(client))["max_models"]
     assert fake.loaded_models() == ["qwen", "llama", "phi"]
+    assert (limits["llm"], limits["mesh"]) == (-1, 2)  # a newer type is listed once configured
 
 
-def test_bad_configuration_is_refused() -> None:
-    with pytest.raises(ValueError):
-        FakeLemonade(["a"], max_models={"llm": 0})
-    with pytest.raises(ValueError):
-        FakeLemonade(["a"], max_models={"vision": 1})
-    with pytest.raises(ValueError):
-        FakeLemonade(["a", "a"])
-    with pytest.raises(ValueError):
-        FakeModel("a", type="chat")
+def test_mark_used_of_a_model_not_loaded_raises() -> None:
+    with pytest.raises(KeyError):
+        make_fake().mark_used("qwen")
 
 
-# ---------------------------------------------------------------- evict-all
+# ---------------------------------------------------------------- switches
 
 
-async def test_failed_load_evicts_everything_and_a_failed_retry_is_500() -> None:
-    fake = make_fake(max_models={"llm": 2})
+async def test_a_switch_is_on_until_its_block_ends_and_switches_stack() -> None:
+    fake = make_fake()
     async with connect(fake) as client:
-        await load(client, "llama")
-        await load(client, "nomic")
-        fake.fail("qwen")
-        response = await load(client, "qwen")
-    assert response.status_code == 500
-    assert response.json() == {
-        "error": {
-            "message": "Failed to load model 'qwen': llama-server failed to start",
-            "type": "model_load_error",
-            "param": "model",
-            "code": "model_load_error",
-            "requested_model": "qwen",
-        }
-    }
-    assert fake.loaded_models() == []
-    assert fake.evict_all_count == 1
-
-
-async def test_failed_load_whose_retry_succeeds_is_200_with_everyone_else_gone() -> None:
-    fake = make_fake(max_models={"llm": 2})
-    async with connect(fake) as client:
-        await load(client, "llama")
-        await load(client, "nomic")
-        fake.fail("qwen", "llama-server exited with code 1", retry_succeeds=True)
-        response = await load(client, "qwen")
-        assert response.status_code == 200
-        assert response.json()["status"] == "success"
-        assert [r["model_name"] for r in (await health(client))["all_models_loaded"]] == ["qwen"]
-    assert fake.evict_all_count == 1
+        with fake.failing("qwen", "first") as first:
+            assert first.on
+            second = fake.failing("qwen", "second")
+            message = (await load(client, "qwen")).json()["error"]["message"]
+            assert message == "Failed to load model 'qwen': second"  # the latest decides
+            second.off()
+            second.off()  # again: nothing happens
+            message = (await load(client, "qwen")).json()["error"]["message"]
+            assert message == "Failed to load model 'qwen': first"
+        assert not first.on
+        assert (await load(client, "qwen")).status_code == 200
+    assert fake.evict_all_count == 2
+    assert repr(first) == "<Switch fail 'qwen' off>"
 
 
 @pytest.mark.parametrize(
-    "message",
-    [
-        "model file not found",
-        "/models/q.gguf does not exist",
-        "No such file or directory",
-    ],
+    "message", ["model file not found", "/models/q.gguf does not exist", "No such file"]
 )
 async def test_a_file_not_found_failure_touches_nothing_else(message: str) -> None:
     fake = make_fake(max_models={"llm": 2})
     async with connect(fake) as client:
         await load(client, "llama")
         await load(client, "nomic")
-        fake.fail("qwen", message)
-        response = await load(client, "qwen")
+        with fake.failing("qwen", message):
+            response = await load(client, "qwen")
         assert response.status_code == 500
         assert response.json()["error"]["message"] == f"Failed to load model 'qwen': {message}"
         assert fake.loaded_models() == ["llama", "nomic"]
         assert fake.evict_all_count == 0
-        fake.clear_fail("qwen")
         assert (await load(client, "qwen")).status_code == 200
 
 
@@ -367,57 +184,6 @@ async def test_evict_all_switch_unloads_everything_and_counts() -> None:
     assert fake.evict_all_count == 1
 
 
-# ---------------------------------------------------------------- /unload
-
-
-async def test_unload_by_name_and_by_model_key() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        await load(client, "qwen")
-        await load(client, "nomic")
-        response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
-        assert response.status_code == 200
-        assert response.json() == {
-            "status": "success",
-            "message": "Model unloaded successfully",
-            "model_name": "qwen",
-        }
-        assert fake.loaded_models() == ["nomic"]
-        response = await client.post("/api/v1/unload", json={"model": "nomic"})
-        assert response.json()["model_name"] == "nomic"
-    assert fake.loaded_models() == []
-
-
-async def test_unload_of_a_model_not_loaded_is_404_with_a_plain_string() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        await load(client, "nomic")
-        response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
-    assert response.status_code == 404
-    assert response.json() == {"error": "Model not loaded: qwen"}
-    assert fake.loaded_models() == ["nomic"]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"", b"{not json", b"{}", b'{"model_name": ""}', b'{"model_name": null}', b"[]"],
-    ids=["empty", "unparseable", "no-name", "empty-name", "null-name", "array"],
-)
-async def test_unload_without_a_name_unloads_everything(body: bytes) -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        await load(client, "qwen")
-        await load(client, "nomic")
-        response = await client.post("/api/v1/unload", content=body)
-    assert response.status_code == 200
-    assert response.json() == {"status": "success", "message": "All models unloaded successfully"}
-    assert fake.loaded_models() == []
-    assert fake.evict_all_count == 0
-
-
-# ---------------------------------------------------------------- serialized loads
-
-
 async def test_a_hung_load_blocks_every_later_load_until_released() -> None:
     fake = make_fake()
     answered: list[tuple[str, int]] = []
@@ -428,20 +194,24 @@ async def test_a_hung_load_blocks_every_later_load_until_released() -> None:
         async def load_and_note(name: str) -> None:
             answered.append((name, (await load(client, name)).status_code))
 
-        fake.hang("qwen")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(load_and_note, "qwen")
-            await fake.wait_hanging("qwen")
-            tg.start_soon(load_and_note, "nomic")
-            await anyio.wait_all_tasks_blocked()
-            assert answered == []
-            assert fake.loads_in_flight == 2
-            # Neither /health nor /unload waits for the load lock.
-            assert (await health(client))["all_models_loaded"] == []  # phi was evicted (LRU)
-            unloaded = await client.post("/api/v1/unload", json={"model_name": "phi"})
-            assert unloaded.status_code == 404
-            assert answered == []
-            fake.release("qwen")
+            with fake.hanging("qwen"):
+                tg.start_soon(load_and_note, "qwen")
+                await fake.wait_hanging("qwen")
+                tg.start_soon(load_and_note, "nomic")
+                await anyio.wait_all_tasks_blocked()
+                assert answered == []
+                assert fake.loads_in_flight == 2
+                # Neither /health nor /unload waits for the load lock; the hung
+                # model is not listed and cannot be unloaded while it starts.
+                assert (await health(client))["all_models_loaded"] == []  # phi: LRU
+                for name in ("phi", "qwen"):
+                    unloaded = await client.post("/api/v1/unload", json={"model_name": name})
+                    assert (unloaded.status_code, unloaded.json()) == (
+                        404,
+                        {"error": f"Model not loaded: {name}"},
+                    )
+                assert answered == []
     assert answered == [("qwen", 200), ("nomic", 200)]
     assert fake.loaded_models() == ["qwen", "nomic"]
     assert fake.max_concurrent_loads == 2
@@ -451,37 +221,191 @@ async def test_a_hung_load_blocks_every_later_load_until_released() -> None:
 
 async def test_concurrent_loads_of_one_model_are_counted() -> None:
     fake = make_fake()
-    async with connect(fake) as client:
-        fake.hang("qwen")
-        async with anyio.create_task_group() as tg:
+    async with connect(fake) as client, anyio.create_task_group() as tg:
+        with fake.hanging("qwen"):
             tg.start_soon(load, client, "qwen")
             tg.start_soon(load, client, "qwen")
             await fake.wait_hanging("qwen")
             await anyio.wait_all_tasks_blocked()
-            fake.release("qwen")
     assert fake.max_concurrent_loads_of("qwen") == 2
     assert fake.max_concurrent_loads_of("nomic") == 0
 
 
-async def test_an_abandoned_load_in_process_frees_the_lock() -> None:
-    fake = make_fake()
-    scope = anyio.CancelScope()
-
-    async def abandoned_load(client: httpx.AsyncClient) -> None:
-        with scope:
-            await load(client, "qwen")
-
+async def test_a_killed_start_fails_like_a_crash_and_a_one_shot_hang_lets_the_retry_through() -> (
+    None
+):
+    fake = make_fake(max_models={"llm": 2})
+    statuses: list[int] = []
     async with connect(fake) as client:
-        fake.hang("qwen")
+        await load(client, "nomic")
+
+        async def load_qwen() -> None:
+            statuses.append((await load(client, "qwen")).status_code)
+
+        hang = fake.hanging("qwen", starts=1)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(abandoned_load, client)
+            tg.start_soon(load_qwen)
             await fake.wait_hanging("qwen")
-            scope.cancel()
+            assert hang.hung == 1
+            hang.kill()
+    assert statuses == [200]  # the retry after the evict-all was not caught
+    assert fake.loaded_models() == ["qwen"]
+    assert fake.evict_all_count == 1
+    assert hang.on and hang.hung == 0
+
+
+@pytest.mark.virtual_time
+async def test_a_start_that_never_becomes_ready_times_out_twice_with_real_timing() -> None:
+    fake = make_fake(max_models={"llm": 2}, timing=FakeTiming.REAL)
+    async with connect(fake) as client:
+        await load(client, "nomic")
+        fake.hanging("qwen")
+        started = anyio.current_time()
+        response = await load(client, "qwen")
+        took = anyio.current_time() - started
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == (
+        "Failed to load model 'qwen': llama-server failed to start"
+    )
+    assert took == pytest.approx(2 * (608 + 2.1) + 2.1)  # two timeouts, one eviction
+    assert fake.loaded_models() == []
+
+
+async def test_a_deleted_file_answers_the_offline_download_error_once_then_404() -> None:
+    fake = make_fake(max_models={"llm": 2})
+    async with connect(fake) as client:
+        await load(client, "phi")
+        fake.delete_file("llama")
+        first = await load(client, "llama")
+        gone = await client.get("/api/v1/models/llama")
+        second = await load(client, "llama")
+    assert (first.status_code, first.json()["error"]["message"]) == (
+        500,
+        "Failed to load model 'llama': CURL error: Couldn't resolve host name",
+    )
+    assert (gone.status_code, second.status_code) == (404, 404)
+    assert fake.loaded_models() == ["phi"] and fake.evict_all_count == 0
+
+
+async def test_busy_shows_in_the_row() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        await load(client, "qwen")
+        with fake.busy("qwen"):
+            busy = await row(client, "qwen")
+        idle = await row(client, "qwen")
+    assert (busy["is_busy"], busy["is_streaming"], busy["status"]) == (True, True, "in_use")
+    assert (idle["is_busy"], idle["is_streaming"], idle["status"]) == (False, False, "ready")
+
+
+# ---------------------------------------------------------------- timing knobs
+
+
+@pytest.mark.virtual_time
+async def test_real_timing_makes_unloads_slow_and_health_wait_for_them() -> None:
+    fake = make_fake(max_models={"llm": -1}, timing=FakeTiming.REAL)
+    async with connect(fake) as client:
+        for name in ("qwen", "llama", "phi"):
+            await load(client, name)
+        seen: dict[str, float] = {}
+
+        async def timed(what: str, call: Any) -> None:
+            began = anyio.current_time()
+            await call()
+            seen[what] = anyio.current_time() - began
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(timed, "unload all", lambda: client.post("/api/v1/unload"))
+            await anyio.sleep(0.5)
+            tg.start_soon(timed, "health", lambda: client.get("/api/v1/health"))
+            tg.start_soon(timed, "live", lambda: client.get("/live"))
+    assert seen["unload all"] == pytest.approx(3 * 2.1)
+    assert seen["health"] == pytest.approx(3 * 2.1 - 0.5)
+    assert seen["live"] == 0
+
+
+@pytest.mark.virtual_time
+async def test_instant_timing_takes_no_time_and_the_knob_can_change() -> None:
+    fake = make_fake(max_models={"llm": -1})
+    async with connect(fake) as client:
+        started = anyio.current_time()
+        await load(client, "qwen")
+        await client.post("/api/v1/unload", json={"model_name": "qwen"})
+        assert anyio.current_time() == started
+        fake.timing = FakeTiming(unload=5.0, health_waits=False)
+        await load(client, "qwen")
+        await client.post("/api/v1/unload", json={"model_name": "qwen"})
+        assert anyio.current_time() - started == 5.0
+
+
+# ---------------------------------------------------------------- background work
+
+
+@pytest.mark.parametrize("timing", [FakeTiming.INSTANT, FakeTiming.REAL], ids=["instant", "real"])
+@pytest.mark.virtual_time
+async def test_an_abandoned_load_completes_when_the_fake_owns_its_work(timing: FakeTiming) -> None:
+    """ADR-0007 §3: the server finishes a load whose client gave up (a late arrival)."""
+    async with make_fake(timing=timing) as fake, connect(fake) as client:
+        hang = fake.hanging("qwen")
+        with anyio.move_on_after(120):
+            await load(client, "qwen")  # the client gives up on the hung load
+        assert fake.loaded_models() == []
+        hang.off()
+        while "qwen" not in fake.loaded_models():
+            await fake.wait_changed()
+        assert (await row(client, "qwen"))["model_name"] == "qwen"
+    (record,) = fake.loads()
+    assert record.status == 200  # the fake answered; nobody was listening
+
+
+async def test_an_abandoned_load_completes_on_both_backends() -> None:
+    async with make_fake() as fake, connect(fake) as client:
+        with fake.hanging("qwen"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load, client, "qwen")
+                await fake.wait_hanging("qwen")
+                tg.cancel_scope.cancel()
+            assert fake.loads_in_flight == 1  # still loading for nobody
+        while fake.loads_in_flight:
+            await fake.wait_changed()
+        assert fake.loaded_models() == ["qwen"]
+
+
+async def test_outside_its_context_an_abandoned_load_in_process_is_cancelled() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        with fake.hanging("qwen"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load, client, "qwen")
+                await fake.wait_hanging("qwen")
+                tg.cancel_scope.cancel()
         assert fake.loads_in_flight == 0
         (record,) = fake.loads()
         assert record.status is None and record.done_at is not None
         assert (await load(client, "nomic")).status_code == 200
     assert fake.loaded_models() == ["nomic"]
+
+
+async def test_leaving_the_context_cancels_what_still_runs() -> None:
+    fake = make_fake()
+    with anyio.fail_after(5):
+        async with fake, connect(fake) as client:
+            fake.hanging("qwen")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load, client, "qwen")
+                await fake.wait_hanging("qwen")
+                tg.cancel_scope.cancel()
+    assert fake.loaded_models() == []
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="already entered")):
+        async with fake, fake:
+            pass
+
+
+async def test_a_dropped_reply_in_the_background_still_drops() -> None:
+    async with make_fake() as fake, connect(fake) as client:
+        with fake.dropping_replies("qwen"), pytest.raises(httpx.RemoteProtocolError):
+            await load(client, "qwen")
+    assert fake.loaded_models() == ["qwen"]
 
 
 # ---------------------------------------------------------------- last_use and the clock
@@ -491,7 +415,7 @@ async def test_an_abandoned_load_in_process_frees_the_lock() -> None:
 async def test_last_use_is_milliseconds_on_the_virtual_monotonic_clock() -> None:
     booted = anyio.current_time()
     fake = make_fake()
-    fake.set_load_delay("qwen", 2.0)
+    fake.delaying("qwen", 2.0)
     async with connect(fake) as client:
         await anyio.sleep(10)
         await load(client, "qwen")
@@ -500,9 +424,24 @@ async def test_last_use_is_milliseconds_on_the_virtual_monotonic_clock() -> None
         assert (await row(client, "qwen"))["last_use"] == OFFSET + 12_000
         fake.mark_used("qwen")
         assert (await row(client, "qwen"))["last_use"] == OFFSET + 312_000
+        fake.mark_used("qwen")  # the same instant: still later than the last use
+        assert (await row(client, "qwen"))["last_use"] == OFFSET + 312_001
     (record,) = fake.loads()
     assert record.at - booted == 10
     assert record.done_at is not None and record.done_at - booted == 12
+
+
+@pytest.mark.virtual_time
+async def test_same_options_reload_moves_last_use_in_virtual_time() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        await load(client, "qwen", ctx_size=4096)
+        before = await row(client, "qwen")
+        await anyio.sleep(30)
+        await load(client, "qwen")  # 4096 is the default: the same options
+        after = await row(client, "qwen")
+    assert after["last_use"] == before["last_use"] + 30_000
+    assert after["pid"] == before["pid"]
 
 
 @pytest.mark.virtual_time
@@ -519,31 +458,16 @@ async def test_restart_forgets_models_and_restarts_the_clock() -> None:
     assert fake.loaded_models() == ["nomic"]
 
 
-def test_mark_used_of_a_model_not_loaded_raises() -> None:
-    with pytest.raises(KeyError):
-        make_fake().mark_used("qwen")
+# ---------------------------------------------------------------- /health and the catalog
 
 
-# ---------------------------------------------------------------- /health and /models
-
-
-async def test_health_has_the_documented_shape() -> None:
-    fake = make_fake()
+async def test_older_servers_rows_on_request() -> None:
+    fake = make_fake(newer_fields=False, version="10.6.0")
     async with connect(fake) as client:
-        empty = await health(client)
-        await load(client, "qwen", ctx_size=4096, llamacpp_backend="vulkan")
-        await load(client, "nomic")
-        full = await health(client)
-    assert empty == {
-        "status": "ok",
-        "version": "10.6.0",
-        "model_loaded": None,
-        "all_models_loaded": [],
-        "max_models": full["max_models"],
-    }
-    assert full["model_loaded"] == "nomic"
-    first = full["all_models_loaded"][0]
-    assert set(first) == {
+        await load(client, "qwen")
+        body = await health(client)
+    assert set(body) == {"status", "version", "model_loaded", "all_models_loaded", "max_models"}
+    assert set(body["all_models_loaded"][0]) == {
         "model_name",
         "checkpoint",
         "type",
@@ -554,68 +478,100 @@ async def test_health_has_the_documented_shape() -> None:
         "recipe_options",
         "last_use",
     }
-    assert (first["model_name"], first["type"], first["device"]) == ("qwen", "llm", "gpu")
-    assert first["recipe_options"] == {"ctx_size": 4096, "llamacpp_backend": "vulkan"}
-    assert isinstance(first["last_use"], int) and isinstance(first["pid"], int)
-    assert first["backend_url"].startswith("http://127.0.0.1:")
+    assert body["version"] == "10.6.0"
 
 
-async def test_newer_fields_are_added_on_request_and_reflect_busy() -> None:
-    old, new = make_fake(), make_fake(newer_fields=True, version="10.8.0")
-    async with connect(old) as old_client, connect(new) as new_client:
-        await load(old_client, "qwen")
-        await load(new_client, "qwen")
-        assert "is_busy" not in await row(old_client, "qwen")
-        idle = await row(new_client, "qwen")
-        new.set_busy("qwen", True)
-        busy = await row(new_client, "qwen")
-        assert (await health(new_client))["version"] == "10.8.0"
-    assert (idle["is_busy"], idle["status"], idle["pinned"]) == (False, "ready", False)
-    assert (busy["is_busy"], busy["is_streaming"], busy["status"]) == (True, True, "in_use")
+async def test_launch_command_names_the_file_and_the_options() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        await load(client, "llama", ctx_size=8192, llamacpp_args="--threads 2")
+        loaded = await row(client, "llama")
+    command = loaded["launch_command"]
+    assert command[:3] == [FakeLemonade.LLAMA_SERVER, "-m", "/models/llama.gguf"]
+    assert command[3:5] == ["--ctx-size", "8192"]
+    assert command[-2:] == ["--threads", "2"]
+    assert loaded["backend_url"] == f"http://127.0.0.1:{command[6]}/v1"
 
 
 async def test_health_faults() -> None:
     fake = make_fake()
     async with connect(fake) as client:
-        fake.set_health_fault(HealthFault.NOT_JSON)
-        with pytest.raises(json.JSONDecodeError):
+        with fake.health_fault(HealthFault.NOT_JSON), pytest.raises(json.JSONDecodeError):
             (await client.get("/api/v1/health")).json()
-        fake.set_health_fault(HealthFault.WRONG_SHAPE)
-        assert not isinstance((await health(client))["all_models_loaded"], list)
-        fake.set_health_fault(HealthFault.SERVER_ERROR)
-        assert (await client.get("/api/v1/health")).status_code == 500
+        with fake.health_fault(HealthFault.WRONG_SHAPE):
+            assert not isinstance((await health(client))["all_models_loaded"], list)
+        with fake.health_fault(HealthFault.SERVER_ERROR):
+            assert (await client.get("/api/v1/health")).status_code == 500
 
-        fake.set_health_fault(HealthFault.HANG)
         statuses: list[int] = []
 
         async def poll() -> None:
             statuses.append((await client.get("/api/v1/health")).status_code)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(poll)
-            await anyio.wait_all_tasks_blocked()
-            assert statuses == []
-            assert (await client.get("/live")).status_code == 200
-            fake.set_health_fault(None)
+            with fake.health_fault(HealthFault.HANG):
+                tg.start_soon(poll)
+                await anyio.wait_all_tasks_blocked()
+                assert statuses == []
+                assert (await client.get("/live")).status_code == 200
     assert statuses == [200]
 
 
+async def test_more_health_faults_huge_and_a_non_string_name_and_duplicate_rows() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        await load(client, "qwen")
+        with fake.health_fault(HealthFault.HUGE):
+            response = await client.get("/api/v1/health")
+        assert response.status_code == 200
+        assert int(response.headers["content-length"]) > DEFAULT_MAX_HEALTH_BYTES
+        assert response.json()["all_models_loaded"] == []
+
+        with fake.health_fault(HealthFault.NAME_NOT_STRING):
+            rows = (await health(client))["all_models_loaded"]
+        assert [r["model_name"] for r in rows] == ["qwen", 42]
+
+        with fake.duplicate_rows():
+            rows = (await health(client))["all_models_loaded"]
+        assert [r["model_name"] for r in rows] == ["qwen", "qwen"]
+        assert rows[0] == rows[1]
+        assert [r["model_name"] for r in (await health(client))["all_models_loaded"]] == ["qwen"]
+
+
 async def test_models_lists_downloaded_models_unless_show_all() -> None:
-    fake = FakeLemonade(["qwen", FakeModel("big", downloaded=False)])
+    fake = FakeLemonade(["qwen", FakeModel("big", downloaded=False, size=4.5)])
     async with connect(fake) as client:
         some = (await client.get("/api/v1/models")).json()
         every = (await client.get("/api/v1/models", params={"show_all": "true"})).json()
+        one = (await client.get("/api/v1/models/big")).json()
+        refused = await load(client, "big")
     assert [m["id"] for m in some["data"]] == ["qwen"]
-    assert [m["id"] for m in every["data"]] == ["qwen", "big"]
-    assert every["data"][1] == {
-        "id": "big",
-        "object": "model",
-        "checkpoint": "fake-org/big:Q4_0",
-        "recipe": "llamacpp",
-        "downloaded": False,
-        "labels": [],
-    }
+    assert [m["id"] for m in every["data"]] == ["big", "qwen"]
+    assert one == every["data"][0]
+    assert (one["downloaded"], one["size"], one["checkpoint"]) == (False, 4.5, "fake-org/big:Q4_0")
+    assert "max_context_window" not in one
     assert fake.requests[1].query == "show_all=true"
+    assert refused.status_code == 500  # an offline server cannot download it
+
+
+async def test_system_info_lists_the_backends_and_only_usable_ones_load() -> None:
+    fake = make_fake(backends={"cpu": "installed", "vulkan": "installable", "cuda": "unsupported"})
+    async with connect(fake) as client:
+        info = (await client.get("/api/v1/system-info")).json()
+        vulkan = await load(client, "qwen", llamacpp_backend="vulkan")
+        cuda = await load(client, "qwen", llamacpp_backend="cuda")
+    llamacpp = info["recipes"]["llamacpp"]
+    assert {name: b["state"] for name, b in llamacpp["backends"].items()} == {
+        "cpu": "installed",
+        "cuda": "unsupported",
+        "vulkan": "installable",
+    }
+    assert llamacpp["default_backend"] == "cpu"
+    assert vulkan.status_code == 200
+    assert cuda.json()["error"]["message"] == (
+        "Failed to load model 'qwen': 'llamacpp.backend' must be one of: auto, cpu, vulkan"
+    )
+    assert fake.evict_all_count == 1
 
 
 async def test_catalog_can_change_under_the_client() -> None:
@@ -626,6 +582,20 @@ async def test_catalog_can_change_under_the_client() -> None:
         fake.add_model(FakeModel("gemma", type="reranking"))
         assert (await load(client, "gemma")).status_code == 200
         assert (await row(client, "gemma"))["type"] == "reranking"
+
+
+async def test_a_chat_completion_loads_on_demand_and_moves_last_use() -> None:
+    fake = make_fake()
+    async with connect(fake) as client:
+        chat = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        first = await client.post("/api/v1/chat/completions", json=chat)
+        used = (await row(client, "qwen"))["last_use"]
+        await client.post("/api/v1/chat/completions", json=chat)
+        again = (await row(client, "qwen"))["last_use"]
+    assert first.status_code == 200
+    assert first.json()["usage"]["completion_tokens"] == 3
+    assert again > used
+    assert fake.requests[0].route == "chat"
 
 
 # ---------------------------------------------------------------- the request log
@@ -674,37 +644,14 @@ async def test_lifespan_startup_and_shutdown_complete() -> None:
         assert await from_app.receive() == {"type": "lifespan.shutdown.complete"}
 
 
-# ---------------------------------------------------------------- fault switches
-
-
-async def test_more_health_faults_huge_and_a_non_string_name_and_duplicate_rows() -> None:
-    fake = make_fake()
-    async with connect(fake) as client:
-        await load(client, "qwen")
-        fake.set_health_fault(HealthFault.HUGE)
-        response = await client.get("/api/v1/health")
-        assert response.status_code == 200
-        assert int(response.headers["content-length"]) > 2 * 1024 * 1024
-        assert response.json()["all_models_loaded"] == []
-
-        fake.set_health_fault(HealthFault.NAME_NOT_STRING)
-        rows = (await health(client))["all_models_loaded"]
-        assert [r["model_name"] for r in rows] == ["qwen", 42]
-        fake.set_health_fault(None)
-
-        fake.set_duplicate_rows(True)
-        rows = (await health(client))["all_models_loaded"]
-        assert [r["model_name"] for r in rows] == ["qwen", "qwen"]
-        assert rows[0] == rows[1]
-        fake.set_duplicate_rows(False)
-        assert [r["model_name"] for r in (await health(client))["all_models_loaded"]] == ["qwen"]
+# ---------------------------------------------------------------- unload switches
 
 
 async def test_fail_unload_answers_500_with_a_plain_string_and_keeps_the_model() -> None:
     fake = make_fake()
     async with connect(fake) as client:
         await load(client, "qwen")
-        fake.fail_unload("qwen", "backend would not stop")
+        failing_unload = fake.failing_unload("qwen", "backend would not stop")
         response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
         assert (response.status_code, response.json()) == (
             500,
@@ -713,7 +660,7 @@ async def test_fail_unload_answers_500_with_a_plain_string_and_keeps_the_model()
         assert fake.loaded_models() == ["qwen"]
         missing = await client.post("/api/v1/unload", json={"model_name": "phi"})
         assert missing.status_code == 404  # not loaded: the switch does not apply
-        fake.clear_fail_unload("qwen")
+        failing_unload.off()
         response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
         assert response.status_code == 200
     assert fake.loaded_models() == []
@@ -729,14 +676,14 @@ async def test_hang_unload_blocks_before_acting_until_released() -> None:
             response = await client.post("/api/v1/unload", json={"model_name": "qwen"})
             statuses.append(response.status_code)
 
-        fake.hang_unload("qwen")
+        hung_unload = fake.hanging_unload("qwen")
         async with anyio.create_task_group() as tg:
             tg.start_soon(unload_qwen)
             await fake.wait_hanging_unload("qwen")
             assert fake.loaded_models() == ["qwen"]  # not unloaded yet
             assert (await load(client, "nomic")).status_code == 200  # loads are not held
             assert statuses == []
-            fake.release_unload("qwen")
+            hung_unload.off()
     assert statuses == [200]
     assert fake.loaded_models() == ["nomic"]
 
@@ -744,7 +691,7 @@ async def test_hang_unload_blocks_before_acting_until_released() -> None:
 async def test_drop_reply_acts_then_the_client_sees_a_dropped_connection() -> None:
     fake = make_fake()
     async with connect(fake) as client:
-        fake.drop_reply("qwen")
+        dropping = fake.dropping_replies("qwen")
         with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
             await load(client, "qwen")
         assert fake.loaded_models() == ["qwen"]  # the load happened
@@ -752,11 +699,11 @@ async def test_drop_reply_acts_then_the_client_sees_a_dropped_connection() -> No
             await client.post("/api/v1/unload", json={"model": "qwen"})
         assert fake.loaded_models() == []  # so did the unload
         assert (await load(client, "nomic")).status_code == 200  # other names are answered
-        fake.set_health_fault(HealthFault.DROP)
+        health_fault = fake.health_fault(HealthFault.DROP)
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get("/api/v1/health")
-        fake.set_health_fault(None)
-        fake.clear_drop_reply("qwen")
+        health_fault.off()
+        dropping.off()
         assert (await load(client, "qwen")).status_code == 200
     dropped = [(r.route, r.status, r.dropped) for r in fake.requests]
     assert dropped == [

@@ -102,10 +102,9 @@ async def test_server_reported_busy_model_stays(models: dict[str, ModelEntry]) -
         transport=fake.transport(),
     ) as ctl:
         await ctl.load("chat", "alpha")
-        fake.set_busy("alpha", True)
-        await anyio.sleep(1200)
-        assert ctl.snapshot("chat").state is SlotState.LOADED
-        fake.set_busy("alpha", False)
+        with fake.busy("alpha"):
+            await anyio.sleep(1200)
+            assert ctl.snapshot("chat").state is SlotState.LOADED
         await anyio.sleep(400)
         assert ctl.snapshot("chat").state is SlotState.IDLE
 
@@ -136,11 +135,10 @@ async def test_first_sighting_never_unloads(
     fake: FakeLemonade, make_controller: ControllerFactory
 ) -> None:
     async with make_controller(SlotConfig("chat")) as ctl:
-        fake.set_health_fault(HealthFault.SERVER_ERROR)  # the post-load re-read sees nothing
-        await ctl.load("chat", "alpha")
-        await anyio.sleep(615)  # between two polls, so that only our refreshes see it
-        assert ctl.snapshot("chat").state is SlotState.LOADED  # never seen: never judged
-        fake.set_health_fault(None)
+        with fake.health_fault(HealthFault.SERVER_ERROR):  # the post-load re-read sees nothing
+            await ctl.load("chat", "alpha")
+            await anyio.sleep(615)  # between two polls, so that only our refreshes see it
+            assert ctl.snapshot("chat").state is SlotState.LOADED  # never seen: never judged
         await ctl.refresh()  # first sighting, 600 s after the load
         assert ctl.snapshot("chat").state is SlotState.LOADED
         await ctl.refresh()  # seen before and unchanged: now it is idle
@@ -152,7 +150,11 @@ async def test_first_sighting_never_unloads(
 
 
 @virtual
-@pytest.mark.parametrize("fault", list(HealthFault))
+@pytest.mark.parametrize(
+    "fault",
+    # A malformed row no longer costs the reading (the row alone is left out).
+    [f for f in HealthFault if f is not HealthFault.NAME_NOT_STRING],
+)
 async def test_a_flaky_health_never_unloads_and_polling_goes_on(
     fault: HealthFault,
     fake: FakeLemonade,
@@ -163,14 +165,13 @@ async def test_a_flaky_health_never_unloads_and_polling_goes_on(
         await ctl.load("chat", "alpha")
         await anyio.sleep(100)
         fake.mark_used("alpha")
-        fake.set_health_fault(fault)
-        with caplog.at_level(logging.WARNING, logger="slotfsm"):
-            await anyio.sleep(900)
-        assert ctl.snapshot("chat").state is SlotState.LOADED
-        assert fake.unloads() == []
-        assert ctl.idle_watcher.failures >= 20
-        assert "health poll failed" in caplog.text
-        fake.set_health_fault(None)
+        with fake.health_fault(fault):
+            with caplog.at_level(logging.WARNING, logger="slotfsm"):
+                await anyio.sleep(900)
+            assert ctl.snapshot("chat").state is SlotState.LOADED
+            assert fake.unloads() == []
+            assert ctl.idle_watcher.failures >= 20
+            assert "health poll failed" in caplog.text
         await anyio.sleep(400)
         assert ctl.snapshot("chat").state is SlotState.IDLE
 
@@ -193,7 +194,7 @@ async def test_one_poll_per_interval_for_many_slots(
 async def test_a_slow_health_never_overlaps(
     fake: FakeLemonade, make_controller: ControllerFactory
 ) -> None:
-    fake.set_health_fault(HealthFault.HANG)  # each poll takes its full 100 s
+    fake.health_fault(HealthFault.HANG)  # each poll takes its full 100 s
     async with make_controller(SlotConfig("chat"), http_timeout=100.0) as ctl:
         await anyio.sleep(1000)
         polls = fake.health_polls()
@@ -277,10 +278,10 @@ async def test_late_arrival_after_a_timeout_is_unloaded_not_adopted(
     fake = FakeLemonade([FakeModel("alpha")])
     slot = SlotConfig("chat", load_timeout=0.2)
     async with served_controller(fake, [models["alpha"]], slot, poll_interval=60.0) as ctl:
-        fake.hang("alpha")
+        hang = fake.hanging("alpha")
         snap = await ctl.load("chat", "alpha")
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
-        fake.release("alpha")  # the server finishes the load we gave up on
+        hang.off()  # the server finishes the load we gave up on
         with anyio.fail_after(5):
             while "alpha" not in fake.loaded_models():
                 await fake.wait_changed()

@@ -6,24 +6,30 @@ import inspect
 import json
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from slotfsm.errors import SlotfsmError
+from slotfsm.errors import ConfigError, SlotfsmError
 from slotfsm.lemonade import (
+    DEFAULT_MAX_HEALTH_BYTES,
+    DEFAULT_TIMEOUT,
     Health,
     LemonadeClient,
     LemonadeError,
     LoadedModel,
     LoadResult,
+    ModelInfo,
     ServerHTTPError,
     ServerParseError,
     ServerTimeout,
     ServerUnreachable,
+    SystemInfo,
 )
+from slotfsm.testing import FakeLemonade, FakeModel, FakeTiming
 
 BASE = "http://lemonade.test:13305"
 KEY = "sk-very-secret-key-123"
@@ -393,7 +399,7 @@ abandoned_stream = pytest.mark.filterwarnings("ignore::ResourceWarning")
 @abandoned_stream
 async def test_huge_streamed_2xx_body_is_read_bounded() -> None:
     body = Endless(b"x" * 100)
-    client, _ = make(lambda request: httpx.Response(200, content=body), max_body_bytes=1000)
+    client, _ = make(lambda request: httpx.Response(200, content=body), max_health_bytes=1000)
     async with client:
         with pytest.raises(ServerParseError, match="body larger than 1000 bytes"):
             await client.health()
@@ -421,7 +427,7 @@ async def test_declared_huge_body_is_not_read_at_all(status: int) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, headers={"Content-Length": str(1 << 40)}, content=body)
 
-    client, _ = make(handler, max_body_bytes=1000)
+    client, _ = make(handler, max_health_bytes=1000)
     async with client:
         with pytest.raises(LemonadeError) as info:
             await client.health()
@@ -623,32 +629,283 @@ async def test_health_merges_a_model_listed_twice() -> None:
         {"status": "ok"},
         {"status": "ok", "all_models_loaded": None},
         {"status": "ok", "all_models_loaded": {"model_name": "a"}},
-        {"all_models_loaded": []},
         {"status": 1, "all_models_loaded": []},
         {"status": "ok", "version": 10, "all_models_loaded": []},
-        {"status": "ok", "all_models_loaded": ["a"]},
-        {"status": "ok", "all_models_loaded": [{"model_name": 3}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": ""}]},
-        {"status": "ok", "all_models_loaded": [{"name": "a"}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": True}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": 1.5}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": "1"}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "type": 1}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "is_busy": "yes"}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "is_streaming": 1}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "pinned": "no"}]},
-        {"status": "ok", "all_models_loaded": [{"model_name": "a", "recipe_options": []}]},
         {"status": "ok", "all_models_loaded": [], "max_models": [1]},
         {"status": "ok", "all_models_loaded": [], "max_models": {"llm": "1"}},
         {"status": "ok", "all_models_loaded": [], "max_models": {"llm": True}},
         ["ok"],
     ],
 )
-async def test_malformed_health_is_a_parse_error(body: object) -> None:
+async def test_a_reading_that_cannot_be_parsed_is_a_parse_error(body: object) -> None:
     client, _ = make(reply(200, body))
     async with client:
         with pytest.raises(ServerParseError, match="GET /api/v1/health"):
             await client.health()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ("a", "model #1 is not a JSON object"),
+        ({"model_name": 3}, "model #1: 'model_name' is not a non-empty string"),
+        ({"model_name": ""}, "model #1: 'model_name' is not a non-empty string"),
+        ({"name": "x"}, "model #1: 'model_name' is not a non-empty string"),
+        ({"model_name": "x", "last_use": True}, "model 'x': 'last_use' is bool, not an int"),
+        ({"model_name": "x", "last_use": 1.5}, "model 'x': 'last_use' is float, not an int"),
+        ({"model_name": "x", "last_use": "1"}, "model 'x': 'last_use' is str, not an int"),
+        ({"model_name": "x", "type": 1}, "model 'x': 'type' is int, not a string"),
+        ({"model_name": "x", "is_busy": "yes"}, "model 'x': 'is_busy' is str, not a bool"),
+        ({"model_name": "x", "is_streaming": 1}, "model 'x': 'is_streaming' is int, not a bool"),
+        ({"model_name": "x", "pinned": "no"}, "model 'x': 'pinned' is str, not a bool"),
+        ({"model_name": "x", "recipe_options": []}, "'recipe_options' is not a JSON object"),
+    ],
+)
+async def test_a_malformed_row_is_left_out_and_logged(
+    row: object, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [{"model_name": "a", "last_use": 1}, row, {"model_name": "b"}]
+    client, _ = make(health_with(all_models_loaded=rows))
+    async with client:
+        health = await client.health()
+    assert health.names == {"a", "b"}
+    assert health.skipped == 1
+    assert why in caplog.text and "that row is left out" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_reading_without_status_is_read() -> None:
+    client, _ = make(reply(200, {"all_models_loaded": [{"model_name": "a"}]}))
+    async with client:
+        health = await client.health()
+    assert (health.status, health.names) == (None, {"a"})
+
+
+# -- what 11.7.0 adds: rows in full, models, system-info, the prefix -----------
+
+
+REAL_ROW: dict[str, Any] = {
+    "backend_alive": True,
+    "backend_health": "ready",
+    "backend_url": "http://127.0.0.1:41234/v1",
+    "checkpoint": "/home/someone/.local/share/lemonade/models/Qwen3-Coder-30B-A3B-Q4_K_M.gguf",
+    "device": "cpu",
+    "is_busy": False,
+    "is_streaming": False,
+    "last_use": 3928460,
+    "launch_command": [
+        "/home/someone/.local/share/lemonade/bin/llamacpp/cpu/llama-server",
+        "-m",
+        "/home/someone/.local/share/lemonade/models/Qwen3-Coder-30B-A3B-Q4_K_M.gguf",
+        "--ctx-size",
+        "4096",
+        "--port",
+        "41234",
+        "--jinja",
+        "--metrics",
+    ],
+    "loaded": True,
+    "max_context_window": 262144,
+    "model_name": "Qwen3-Coder-30B-A3B-Q4_K_M",
+    "pid": 570912,
+    "pinned": False,
+    "recipe": "llamacpp",
+    "recipe_options": {"ctx_size": 4096, "llamacpp_args": "", "llamacpp_backend": "cpu"},
+    "residency_class": "standard",
+    "slot_pool": "standard/llm",
+    "status": "ready",
+    "type": "llm",
+    "watchdog_reset": False,
+}
+"""An 11.7.0 row (the shape of the recorded ones) with paths of a typical install."""
+
+
+@pytest.mark.anyio
+async def test_a_full_row_keeps_what_slotfsm_does_not_interpret() -> None:
+    client, _ = make(health_with(all_models_loaded=[REAL_ROW], websocket_port=9000))
+    async with client:
+        health = await client.health()
+    (model,) = health.models
+    assert model.model_file == REAL_ROW["launch_command"][2]
+    assert model.checkpoint == REAL_ROW["checkpoint"]
+    assert model.raw == REAL_ROW and model.raw["backend_url"] == "http://127.0.0.1:41234/v1"
+    assert health.raw["websocket_port"] == 9000
+    with pytest.raises(TypeError):
+        model.raw["pid"] = 1  # type: ignore[index]
+    assert model == attrs_evolve_raw(model)  # raw takes no part in equality
+
+
+def attrs_evolve_raw(model: LoadedModel) -> LoadedModel:
+    return LoadedModel(
+        name=model.name,
+        type=model.type,
+        last_use=model.last_use,
+        checkpoint=model.checkpoint,
+        recipe=model.recipe,
+        busy=model.busy,
+        status=model.status,
+        model_file=model.model_file,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "file"),
+    [(None, None), (["llama-server"], None), (["llama-server", "-m"], None), (["-m", 3], None)],
+)
+@pytest.mark.anyio
+async def test_a_row_without_a_usable_launch_command_has_no_model_file(
+    command: object, file: str | None
+) -> None:
+    row = {"model_name": "a", "launch_command": command}
+    client, _ = make(health_with(all_models_loaded=[row]))
+    async with client:
+        assert (await client.health()).models[0].model_file == file
+
+
+def test_ten_thousand_real_rows_fit_the_default_health_cap() -> None:
+    rows = [dict(REAL_ROW, model_name=f"model-{n:05d}", pid=n) for n in range(10_000)]
+    size = len(json.dumps({"status": "ok", "all_models_loaded": rows}).encode())
+    assert 8_000_000 < size < DEFAULT_MAX_HEALTH_BYTES  # about 850 bytes a row
+
+
+@pytest.mark.anyio
+async def test_a_health_reading_over_the_cap_is_refused_and_said_loudly_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    big = {"status": "ok", "all_models_loaded": [REAL_ROW] * 20}
+    client, _ = make(reply(200, big), max_health_bytes=10_000, max_body_bytes=1 << 20)
+    async with client:
+        for _ in range(3):
+            with pytest.raises(ServerParseError, match="body larger than 10000 bytes"):
+                await client.health()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "raise max_health_bytes" in warnings[0].getMessage()
+
+
+@pytest.mark.anyio
+async def test_health_has_its_own_cap_larger_than_other_bodies() -> None:
+    big = {"status": "ok", "all_models_loaded": [REAL_ROW] * 20}
+    client, _ = make(reply(200, big), max_body_bytes=1_000)
+    async with client:
+        assert len((await client.health()).models) == 1  # the same row twenty times
+
+
+@pytest.mark.anyio
+async def test_model_info_answers_the_canonical_id_and_the_checkpoint() -> None:
+    fake = FakeLemonade([FakeModel("tiny", checkpoint="/models/tiny.gguf"), FakeModel("hub")])
+    async with LemonadeClient(BASE, transport=fake.transport()) as client:
+        local = await client.model_info("extra.tiny")
+        hub = await client.model_info("hub")
+        with pytest.raises(ServerHTTPError) as info:
+            await client.model_info("extra.hub")
+    assert local == ModelInfo("tiny", "/models/tiny.gguf", "llamacpp", "extra_models_dir")
+    assert local.raw["downloaded"] is True
+    assert (hub.id, hub.checkpoint, hub.source) == ("hub", "fake-org/hub:Q4_0", "huggingface")
+    assert (info.value.status, info.value.code) == (404, "model_not_found")
+    assert [r.path for r in fake.requests] == [
+        "/api/v1/models/extra.tiny",
+        "/api/v1/models/hub",
+        "/api/v1/models/extra.hub",
+    ]
+
+
+@pytest.mark.anyio
+async def test_model_info_quotes_the_name_and_refuses_a_bad_answer() -> None:
+    client, seen = make(reply(200, {"id": 3}))
+    async with client:
+        with pytest.raises(ServerParseError, match="'id' is not a non-empty string"):
+            await client.model_info("a/b c")
+        with pytest.raises(ValueError):
+            await client.model_info("")
+    assert seen[0].url.raw_path == b"/api/v1/models/a%2Fb%20c"
+
+
+@pytest.mark.anyio
+async def test_system_info_tells_which_backends_load() -> None:
+    fake = FakeLemonade(["m"], backends={"cpu": "installed", "rocm": "unsupported"})
+    async with LemonadeClient(BASE, transport=fake.transport()) as client:
+        info = await client.system_info()
+    assert dict(info.llamacpp_backends) == {"cpu": "installed", "rocm": "unsupported"}
+    assert info.default_backend == "cpu"
+    assert [info.allows_backend(b) for b in ("auto", "cpu", "rocm", "vulkan")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"OS Version": "x"}, SystemInfo()),
+        (
+            {"recipes": {"llamacpp": {"backends": {"cpu": {"devices": []}}}}},
+            SystemInfo(),
+        ),
+    ],
+)
+async def test_system_info_of_a_server_that_says_little(body: object, expected: SystemInfo) -> None:
+    client, _ = make(reply(200, body))
+    async with client:
+        assert await client.system_info() == expected
+
+
+@pytest.mark.anyio
+async def test_system_info_of_the_wrong_shape_is_a_parse_error() -> None:
+    client, _ = make(reply(200, {"recipes": {"llamacpp": {"backends": {"cpu": "on"}}}}))
+    async with client:
+        with pytest.raises(ServerParseError, match="system-info"):
+            await client.system_info()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefix", ["/v1", "/v1/", "/api/v1"])
+async def test_the_api_prefix_can_be_v1(prefix: str) -> None:
+    client, seen = make(health_with(all_models_loaded=[]), api_prefix=prefix)
+    async with client:
+        await client.health()
+        await client.unload("m")
+    assert client.api_prefix == prefix.rstrip("/")
+    assert [r.url.path for r in seen] == [
+        f"{client.api_prefix}/health",
+        f"{client.api_prefix}/unload",
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["/api/v0", "api/v1", "", "/v2"])
+def test_other_api_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="api_prefix"):
+        LemonadeClient(BASE, api_prefix=prefix)
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_the_default_timeout_outlasts_an_evict_all_of_ten_models() -> None:
+    """11.7.0 blocks /health for ~2.1 s per evicted model: ten must not look unreachable."""
+    names = [f"m{n}" for n in range(10)]
+    fake = FakeLemonade(names, max_models={"llm": -1}, timing=FakeTiming.REAL)
+    async with fake, LemonadeClient(BASE, transport=fake.transport()) as client:
+        for name in names:
+            await client.load(name)
+        with fake.failing("broken"):
+            fake.add_model("broken")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(load_quietly, client, "broken"))
+                await anyio.sleep(0.5)
+                started = anyio.current_time()
+                health = await client.health()  # waits for the evictions
+                waited = anyio.current_time() - started
+                assert health.names == set()
+    assert waited == pytest.approx(10 * 2.1 + 0.1 - 0.5)
+    assert waited < DEFAULT_TIMEOUT
+
+
+async def load_quietly(client: LemonadeClient, name: str) -> None:
+    with pytest.raises(ServerHTTPError):
+        await client.load(name)
 
 
 # -- live --------------------------------------------------------------------

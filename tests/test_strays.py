@@ -20,7 +20,7 @@ from slotfsm import (
     SlotConfig,
     SlotState,
 )
-from slotfsm.testing import FakeLemonade, FakeModel
+from slotfsm.testing import FakeLemonade, FakeModel, Hang
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +45,10 @@ async def wait_until(fake: FakeLemonade, condition: Callable[[], bool]) -> None:
             await fake.wait_changed()
 
 
-async def release_until_stray_gone(fake: FakeLemonade, ctl: Controller) -> None:
+async def release_until_stray_gone(hang: Hang, ctl: Controller) -> None:
     """Let the hung load of alpha finish; the clean-up unloads it and says so."""
     async with ctl.transitions() as stream:
-        fake.release("alpha")
+        hang.off()
         with anyio.fail_after(5):
             async for record in stream:
                 if record.trigger == "cleanup" and record.reason.startswith("stray gone"):
@@ -56,21 +56,23 @@ async def release_until_stray_gone(fake: FakeLemonade, ctl: Controller) -> None:
                     return
 
 
-async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> None:
-    fake.hang("alpha")
+async def time_out_on_alpha(fake: FakeLemonade, ctl: Controller) -> Hang:
+    hang = fake.hanging("alpha")
     snap = await ctl.load("chat", "alpha")
     assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
     assert snap.stray == "alpha" and snap.cleanups == ("alpha",)
+    return hang
 
 
-async def readings_until(ctl: Controller, condition: Callable[[], bool]) -> int:
-    """Poll the server until ``condition`` holds; return how many readings it took."""
-    readings = 0
-    with anyio.fail_after(5):
-        while not condition():
-            await ctl.refresh()
-            readings += 1
-    return readings
+async def answered_unloads(fake: FakeLemonade, count: int) -> None:
+    """Wait until the fake has answered ``count`` unloads of alpha, and no more."""
+
+    def answered() -> int:
+        done = [r for r in fake.unloads() if r.done_at is not None]
+        return sum(1 for r in done if r.body == {"model_name": "alpha"})
+
+    await wait_until(fake, lambda: answered() >= count)
+    assert answered() == count
 
 
 def unloads_of(fake: FakeLemonade, model: str) -> int:
@@ -82,8 +84,8 @@ async def test_a_late_arrival_is_unloaded_at_once(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
-        await release_until_stray_gone(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
+        await release_until_stray_gone(hang, ctl)
         assert "alpha" not in fake.loaded_models()
         assert unloads_of(fake, "alpha") == 1 and len(fake.loads()) == 1
         snap = ctl.snapshot("chat")
@@ -97,10 +99,10 @@ async def test_an_unload_before_the_late_arrival_keeps_watching_for_it(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
         snap = await ctl.unload("chat")  # the load is still in flight: it may still come
         assert snap.state is SlotState.IDLE and snap.cleanups == ("alpha",)
-        await release_until_stray_gone(fake, ctl)
+        await release_until_stray_gone(hang, ctl)
         assert ctl.snapshot("chat").cleanups == ()
         assert "alpha" not in fake.loaded_models()
         assert unloads_of(fake, "alpha") == 1
@@ -111,8 +113,8 @@ async def test_loading_another_model_leaves_only_it_on_the_server(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
-        await release_until_stray_gone(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
+        await release_until_stray_gone(hang, ctl)
         snap = await ctl.load("chat", "beta")
         assert (snap.state, snap.model, snap.cleanups) == (SlotState.LOADED, "beta", ())
         assert fake.loaded_models() == ["beta"]
@@ -124,11 +126,11 @@ async def test_reset_forgets_the_failure_but_not_the_late_arrival(
     """After reset, the late arrival is still the controller's to unload."""
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
         snap = await ctl.reset("chat")
         assert (snap.state, snap.error, snap.cleanups) == (SlotState.IDLE, None, ("alpha",))
         assert ctl.ledger.owed() == ("alpha",)
-        await release_until_stray_gone(fake, ctl)
+        await release_until_stray_gone(hang, ctl)
         assert "alpha" not in fake.loaded_models()
         assert unloads_of(fake, "alpha") == 1
         assert ctl.ledger.owed() == ()
@@ -139,10 +141,10 @@ async def test_a_stray_blocks_other_slots_from_its_model_but_not_its_own(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2), SlotConfig("other")) as ctl:
-        await time_out_on_alpha(fake, ctl)
+        hang = await time_out_on_alpha(fake, ctl)
         with pytest.raises(ModelInUseError, match="may still have model 'alpha'"):
             await ctl.load("other", "alpha")
-        fake.release("alpha")
+        hang.off()
         snap = await ctl.load("chat", "alpha")  # the slot that left it may take it again
         assert (snap.state, snap.model) == (SlotState.LOADED, "alpha")
         await ctl.refresh()
@@ -155,7 +157,7 @@ async def test_callers_of_the_same_hung_load_share_one_request(
     served: tuple[FakeLemonade, Callable[..., Controller]],
 ) -> None:
     fake, build = served
-    fake.hang("alpha")
+    hang = fake.hanging("alpha")
     async with build(SlotConfig("chat", load_timeout=0.3)) as ctl:
         results = []
 
@@ -173,7 +175,7 @@ async def test_callers_of_the_same_hung_load_share_one_request(
         assert len({(r.since, r.error) for r in results}) == 1, results
         moves = [(t.source, t.dest) for t in results[0].history]
         assert moves.count((SlotState.LOADING, SlotState.ERROR)) == 1, moves
-        fake.release("alpha")
+        hang.off()
 
 
 async def test_a_failed_clean_up_is_retried_at_each_reading_that_lists_it(
@@ -181,20 +183,20 @@ async def test_a_failed_clean_up_is_retried_at_each_reading_that_lists_it(
 ) -> None:
     fake, build = served
     async with build(SlotConfig("chat", load_timeout=0.2)) as ctl:
-        await time_out_on_alpha(fake, ctl)
-        fake.fail_unload("alpha", "backend would not stop")
-        fake.release("alpha")
-        await wait_until(fake, lambda: unloads_of(fake, "alpha") == 1)  # on arrival
-        await readings_until(ctl, lambda: unloads_of(fake, "alpha") == 2)
-        assert ctl.snapshot("chat").cleanups == ("alpha",)
-        # One /unload per reading that lists it, no more: the next reading tries once more.
-        fake.clear_fail_unload("alpha")
+        hang = await time_out_on_alpha(fake, ctl)
+        with fake.failing_unload("alpha", "backend would not stop"):
+            hang.off()
+            await answered_unloads(fake, 1)  # the clean-up on arrival, refused
+            for tries in (2, 3):  # each reading that lists it tries once more, no more
+                await ctl.refresh()
+                await answered_unloads(fake, tries)
+            assert ctl.snapshot("chat").cleanups == ("alpha",)
         async with ctl.transitions() as stream:
-            readings = await readings_until(ctl, lambda: unloads_of(fake, "alpha") == 3)
-            assert readings == 1, readings
+            await ctl.refresh()  # one reading, one more try, and this one works
             with anyio.fail_after(5):
                 async for record in stream:
                     if record.reason.startswith("stray gone"):
                         break
+        await ctl.refresh()  # the reading no longer lists it: nothing more is sent
         assert ctl.snapshot("chat").cleanups == () and ctl.ledger.owed() == ()
-        assert fake.loaded_models() == [] and unloads_of(fake, "alpha") == 3
+        assert fake.loaded_models() == [] and unloads_of(fake, "alpha") == 4

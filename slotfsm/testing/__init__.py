@@ -14,8 +14,8 @@ In process, on the test's own clock (trio's ``MockClock`` included, so a
 
     fake = FakeLemonade([FakeModel("qwen3-0.6b"), FakeModel("nomic", type="embedding")])
     async with httpx.AsyncClient(transport=fake.transport(), base_url="http://lemonade") as c:
-        fake.hang("qwen3-0.6b")  # its /load will not answer until fake.release(...)
-        ...
+        with fake.hanging("qwen3-0.6b"):  # its /load will not answer in this block
+            ...
     assert len(fake.loads()) == 1
 
 On a real loopback socket, in the current event loop (asyncio or trio)::
@@ -26,14 +26,26 @@ On a real loopback socket, in the current event loop (asyncio or trio)::
     assert fake.loaded_models() == ["qwen3-0.6b"]
 """
 
-from slotfsm.testing._values import MODEL_TYPES, FakeModel, HealthFault, RecordedRequest
+from slotfsm.testing._switches import Hang, Switch
+from slotfsm.testing._values import (
+    HEALTH_TYPES,
+    MODEL_TYPES,
+    FakeModel,
+    FakeTiming,
+    HealthFault,
+    RecordedRequest,
+)
 from slotfsm.testing.fake_lemonade import PREFIXES, FakeLemonade
 
 __all__ = [
+    "HEALTH_TYPES",
     "MODEL_TYPES",
     "PREFIXES",
     "FakeLemonade",
     "FakeModel",
+    "FakeTiming",
+    "Hang",
     "HealthFault",
     "RecordedRequest",
+    "Switch",
 ]

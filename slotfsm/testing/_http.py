@@ -1,11 +1,11 @@
-"""A minimal HTTP/1.1 server for an ASGI app, on a loopback socket, with anyio only.
+"""A minimal HTTP/1.1 server for an ASGI app, on a loopback socket, with anyio and h11.
 
 It runs in the caller's event loop (asyncio or trio) and on the caller's
-clock, which is the point: the served app and the test share one world.  It
-understands what an HTTP client of a JSON API sends: a request line, headers
-(at most 64 KiB), a ``Content-Length`` body (at most 1 MiB), keep-alive and
-``Connection: close``.  Every response carries ``Content-Length``.  Chunked
-request bodies are refused with 501.
+clock, which is the point: the served app and the test share one world.
+``h11`` parses requests and writes responses; this module owns only the
+connection loop around it: one task per connection, keep-alive, limits on
+the request head (64 KiB: 431) and body (1 MiB: 413), and HTTP/1.0 and 1.1
+only (505 otherwise).  Every response carries ``Content-Length``.
 
 Each connection is served by its own task, so a slow handler on one
 connection never holds up another.  A handler keeps running when its client
@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
+import h11
 import httpx
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 __all__ = [
     "ASGIApp",
@@ -52,6 +52,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 """Request body; more gets 413."""
 
+_READ_CHUNK = 16 * 1024
 _Headers = list[tuple[bytes, bytes]]
 
 
@@ -86,7 +87,6 @@ class _Request:
     http_version: str
     headers: _Headers
     body: bytes
-    keep_alive: bool
 
 
 @asynccontextmanager
@@ -121,65 +121,90 @@ async def _serve_connection(
     except (OSError, anyio.TypedAttributeLookupError):
         client = None
     peer = (str(client[0]), int(client[1])) if isinstance(client, tuple) else None
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     async with stream:
-        reader = BufferedByteReceiveStream(stream)
         while True:
             try:
-                request = await _read_request(reader)
+                request = await _read_request(conn, stream)
             except _BadRequest as exc:
-                await _send_error(stream, exc.status, exc.message)
+                await _send_error(stream, conn, exc.status, exc.message)
                 return
-            except (anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
+            if request is None:
+                return  # the client closed the connection
             try:
                 status, headers, body = await _call_app(app, request, (host, port), peer)
             except ConnectionDropped:
                 return  # leaving closes the connection: no answer at all
             except Exception:
                 # Like httpx's ASGI transport: answer 500, then let the bug surface.
-                await _send_error(stream, 500, "Internal Server Error")
+                await _send_error(stream, conn, 500, "Internal Server Error")
                 raise
-            head_only = request.method == "HEAD"
+            if request.method == "HEAD":
+                body = b""
             try:
-                await stream.send(_render(status, headers, body, request.keep_alive, head_only))
+                await _send(stream, conn, status, headers, body)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
-            if not request.keep_alive:
-                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # h11 decided the connection closes (HTTP/1.0, Connection: close)
+            conn.start_next_cycle()
 
 
-async def _read_request(reader: BufferedByteReceiveStream) -> _Request:
-    """Read one request; raise ``_BadRequest`` for one that cannot be served."""
-    try:
-        head = await reader.receive_until(b"\r\n\r\n", MAX_HEAD_BYTES)
-    except anyio.DelimiterNotFound:
-        raise _BadRequest(431, "request head too large") from None
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/"):
-        raise _BadRequest(400, "malformed request line")
-    method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
+async def _next_event(conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
+    """The next h11 event of the request, reading as needed."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _BadRequest(exc.error_status_hint, str(exc)) from None
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = await stream.receive(_READ_CHUNK)
+        except anyio.EndOfStream:
+            data = b""
+        conn.receive_data(data)
+
+
+async def _read_request(conn: h11.Connection, stream: anyio.abc.SocketStream) -> _Request | None:
+    """Read one request (``None`` if the client closed); ``_BadRequest`` if unservable."""
+    event = await _next_event(conn, stream)
+    if isinstance(event, h11.ConnectionClosed):
+        return None
+    if not isinstance(event, h11.Request):
+        raise _BadRequest(400, "expected a request")
+    if event.http_version not in (b"1.0", b"1.1"):
         raise _BadRequest(505, "unsupported HTTP version")
-    headers: _Headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise _BadRequest(400, "malformed header line")
-        headers.append((name.lower().encode("latin-1"), value.strip().encode("latin-1")))
-    fields = {name: value for name, value in headers}
-    if b"transfer-encoding" in fields:
-        raise _BadRequest(501, "chunked request bodies are not supported")
-    lengths = {value for name, value in headers if name == b"content-length"}
-    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
-        raise _BadRequest(400, "bad Content-Length")
-    length = int(lengths.pop()) if lengths else 0
-    if length > MAX_BODY_BYTES:
+    # h11 bounds a head still incomplete; a complete one is bounded here.
+    head = (
+        len(event.method) + len(event.target) + sum(4 + len(n) + len(v) for n, v in event.headers)
+    )
+    if head > MAX_HEAD_BYTES:
+        raise _BadRequest(431, "request head too large")
+    length = dict(event.headers).get(b"content-length")
+    if length is not None and int(length) > MAX_BODY_BYTES:
         raise _BadRequest(413, "request body too large")
-    body = await reader.receive_exactly(length) if length else b""
-    tokens = {t.strip().lower() for t in fields.get(b"connection", b"").split(b",")}
-    keep_alive = b"close" not in tokens if version == "HTTP/1.1" else b"keep-alive" in tokens
-    return _Request(method, target, version[5:], headers, body, keep_alive)
+    body = bytearray()
+    while True:
+        part = await _next_event(conn, stream)
+        if isinstance(part, h11.Data):
+            body += part.data
+            if len(body) > MAX_BODY_BYTES:
+                raise _BadRequest(413, "request body too large")
+        elif isinstance(part, h11.EndOfMessage):
+            break
+        else:
+            return None  # the connection closed mid-body
+    headers = [(bytes(name), bytes(value)) for name, value in event.headers]
+    return _Request(
+        event.method.decode("ascii"),
+        event.target.decode("latin-1"),
+        event.http_version.decode("ascii"),
+        headers,
+        bytes(body),
+    )
 
 
 async def _call_app(
@@ -237,26 +262,36 @@ async def _call_app(
     return status, headers, b"".join(chunks)
 
 
-def _render(
-    status: int, headers: _Headers, body: bytes, keep_alive: bool, head_only: bool
-) -> bytes:
-    """The bytes of one response, framed by ``Content-Length``."""
+async def _send(
+    stream: anyio.abc.SocketStream,
+    conn: h11.Connection,
+    status: int,
+    headers: _Headers,
+    body: bytes,
+    *,
+    close: bool = False,
+) -> None:
+    """Write one response, framed by ``Content-Length`` (and ``Connection: close``)."""
     try:
-        reason = http.HTTPStatus(status).phrase
+        reason = http.HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
-        reason = "Unknown"
+        reason = b"Unknown"
     skip = {b"content-length", b"connection", b"transfer-encoding"}
-    lines = [f"HTTP/1.1 {status} {reason}".encode("latin-1")]
-    lines += [name + b": " + value for name, value in headers if name.lower() not in skip]
-    lines.append(b"content-length: " + str(len(body)).encode("ascii"))
-    if not keep_alive:
-        lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else body)
+    fields = [(name, value) for name, value in headers if name.lower() not in skip]
+    fields.append((b"content-length", str(len(body)).encode("ascii")))
+    if close:
+        fields.append((b"connection", b"close"))
+    data = conn.send(h11.Response(status_code=status, headers=fields, reason=reason)) or b""
+    if body:
+        data += conn.send(h11.Data(data=body)) or b""
+    data += conn.send(h11.EndOfMessage()) or b""
+    await stream.send(data)
 
 
-async def _send_error(stream: anyio.abc.SocketStream, status: int, message: str) -> None:
-    """Answer a request that could not be read, then the caller closes."""
-    body = message.encode("utf-8")
-    data = _render(status, [(b"content-type", b"text/plain")], body, False, False)
-    with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-        await stream.send(data)
+async def _send_error(
+    stream: anyio.abc.SocketStream, conn: h11.Connection, status: int, message: str
+) -> None:
+    """Answer a request that could not be served; the caller then closes."""
+    headers = [(b"content-type", b"text/plain")]
+    with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, h11.LocalProtocolError):
+        await _send(stream, conn, status, headers, message.encode("utf-8"), close=True)

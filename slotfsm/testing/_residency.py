@@ -1,8 +1,9 @@
-"""The models the fake server holds: load order, per-type LRU, last use.
+"""The models the fake server holds: ready order, per-type LRU, last use.
 
-Plain synchronous bookkeeping; the caller passes the time.  Least recently
-used is decided by a sequence number bumped at every use, so that two uses
-at the same (virtual) instant still have an order.
+Plain synchronous bookkeeping; the caller passes ``last_use`` (milliseconds
+of the server's clock).  Least recently used is decided by a sequence number
+bumped at every use, so that two uses at the same (virtual) instant still
+have an order.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ class Loaded:
     options: dict[str, object]
     pid: int
     port: int
-    last_use: float
+    last_use: int
     use_seq: int
-    busy: bool = False
 
 
 class Residency:
-    """The loaded models, in load order."""
+    """The loaded models, in the order they became ready."""
 
     def __init__(self) -> None:
         self._loaded: dict[str, Loaded] = {}
@@ -39,35 +39,35 @@ class Residency:
         self._backends = itertools.count()
 
     def names(self) -> list[str]:
-        """Names of the loaded models, in load order."""
+        """Names of the loaded models, in the order they became ready."""
         return list(self._loaded)
 
     def entries(self) -> list[Loaded]:
-        """The loaded models, in load order."""
+        """The loaded models, in the order they became ready."""
         return list(self._loaded.values())
 
     def get(self, name: str) -> Loaded | None:
         """The loaded model of that name, or ``None``."""
         return self._loaded.get(name)
 
-    def add(self, model: FakeModel, options: Mapping[str, object], now: float) -> Loaded:
+    def add(self, model: FakeModel, options: Mapping[str, object], last_use: int) -> Loaded:
         """Record a freshly started backend for ``model``."""
         n = next(self._backends)
         entry = Loaded(
             model=model,
             options=dict(options),
-            pid=24_000 + n,
+            pid=5_700 + n,
             port=8001 + n,
-            last_use=now,
+            last_use=last_use,
             use_seq=next(self._seq),
         )
         self._loaded[model.name] = entry
         return entry
 
-    def touch(self, name: str, now: float) -> None:
-        """Mark ``name`` as used now."""
+    def touch(self, name: str, last_use: int) -> None:
+        """Mark ``name`` as used at ``last_use``."""
         entry = self._loaded[name]
-        entry.last_use = now
+        entry.last_use = last_use
         entry.use_seq = next(self._seq)
 
     def remove(self, name: str) -> None:
@@ -80,22 +80,18 @@ class Residency:
         self._loaded.clear()
         return names
 
-    def make_room(self, model_type: str, limit: int) -> list[str]:
-        """Evict the least recently used models of ``model_type`` until one more fits.
+    def lru_victim(self, model_type: str, limit: int) -> Loaded | None:
+        """The model to evict before one more of ``model_type`` fits, or ``None``.
 
-        ``limit`` is that type's ``max_models`` (-1: unlimited).  Returns the
-        evicted names.
+        ``limit`` is that type's ``max_models`` (-1: unlimited).  The victim
+        is the least recently used model of that type while the type is full.
         """
-        evicted: list[str] = []
         if limit < 0:
-            return evicted
-        while True:
-            pool = [e for e in self._loaded.values() if e.model.type == model_type]
-            if len(pool) < limit:
-                return evicted
-            lru = min(pool, key=lambda e: e.use_seq)
-            self.remove(lru.model.name)
-            evicted.append(lru.model.name)
+            return None
+        pool = [e for e in self._loaded.values() if e.model.type == model_type]
+        if len(pool) < limit:
+            return None
+        return min(pool, key=lambda e: e.use_seq)
 
     def most_recent(self) -> Loaded | None:
         """The most recently used loaded model (``/health``'s ``model_loaded``)."""

@@ -1,34 +1,57 @@
-"""``FakeLemonade``: an ASGI app that behaves like Lemonade Server's model API.
+"""``FakeLemonade``: an ASGI app that behaves like Lemonade Server 11.7.0's model API.
 
-It reproduces what slotfsm depends on (``../shared/reference/lemonade-api.md``):
+It reproduces what the real server was recorded doing
+(``../shared/reference/lemonade-api.md`` and ``lemonade-transcripts.json``;
+``tests/test_contract.py`` replays every recorded scenario against it):
 the four route prefixes and ``/live``; 401 without the API key; 405 for a GET
-on a POST route; ``/load`` serialized server-wide, with per-type LRU, the
-same-options refresh and the nuclear evict-all with its one retry; ``/unload``
-that unloads everything when it gets no model name; ``/health`` with
-``last_use`` in milliseconds on a monotonic clock.  The clock is
+on a POST route; public model ids with their ``extra.``/``user.`` spellings
+(accepted by ``/load``, ``/unload`` and ``/api/v1/models/{name}``, echoed as
+sent, listed bare); ``/load`` serialized server-wide, with ``null`` options
+meaning "not given", a string ``ctx_size`` ignored, a non-string
+``llamacpp_args`` refused before anything is touched, per-type LRU, the
+same-options refresh, and the evict-all with its one retry after any start
+failure, an unknown ``llamacpp_backend`` and reserved ``llamacpp_args``
+included; ``/unload`` that unloads everything when it gets no usable name;
+``/health`` with every 11.7.0 field and ``last_use`` in milliseconds on a
+monotonic clock; ``GET /api/v1/models``, ``/api/v1/models/{name}``,
+``/api/v1/system-info`` and a token ``/chat/completions``.  The clock is
 ``anyio.current_time()``, so under trio's ``MockClock`` it is virtual time.
 
-Tests steer it with plain methods (``hang``, ``fail``, ``set_load_delay``,
-``mark_used``, ``restart``, ``evict_all``, ``set_health_fault``,
-``hang_unload``, ``fail_unload``, ``drop_reply``, ``set_duplicate_rows``, ...), read
-back every request it received (``requests``, ``loads()``, ...), and wait on
-it without sleeping (``wait_hanging``, ``wait_hanging_unload``, ``wait_changed``).
+**Timing.** ``timing`` (a :class:`FakeTiming`) says how long a start, an
+unload or eviction, and a start that never becomes ready take, and whether
+``/health`` waits for evictions in progress.  The default,
+``FakeTiming.INSTANT``, makes everything instant, in process and on
+loopback, so that tests and ``slotfsm demo`` stay fast.
+``FakeTiming.REAL`` is 11.7.0's measured timing (2.1 s per unload or
+eviction, ``/health`` blocked meanwhile, a hung start given up after 608 s):
+the contract test replays the transcripts with it on trio's virtual clock.
 
-``/health``'s ``model_loaded`` names the most recently *used* loaded model,
-as the server's code does (which is the most recently loaded one unless
-``mark_used`` or a same-options reload touched another).
+**Switches.** Faults are switched on by methods that return a
+:class:`~slotfsm.testing.Switch` (``hanging``, ``failing``,
+``hanging_unload``, ``failing_unload``, ``dropping_replies``, ``delaying``,
+``busy``, ``health_fault``, ``duplicate_rows``); each stays on until its
+``off()`` or the end of its ``with`` block.  Tests read back every request
+the fake received (``requests``, ``loads()``, ...) and wait on it without
+sleeping (``wait_hanging``, ``wait_hanging_unload``, ``wait_changed``).
 
-One instance serves one event loop at a time.  Behaviour that differs from
-the real server:
+**Background work.** The real server finishes a request whose client gave
+up: a ``/load`` abandoned after a timeout still loads (ADR-0007 §3, late
+arrival).  On the loopback server (``serve()``) that is always so.  In
+process (``transport()``) the app runs inside the client's call, so the fake
+finishes abandoned requests only while it is entered as an async context
+manager, which holds a task group for them::
 
-- In process (``transport()``), a client that gives up on a request (a
-  timeout, a cancelled task) cancels the fake's handling of it, because the
-  ASGI app runs inside the client's call: a hung ``/load`` abandoned by its
-  client releases the load lock and loads nothing.  On the loopback server
-  (``serve()``) the handler keeps running after the client has gone, as on
-  the real server.
-- ``/load`` knows the llamacpp options only (``KNOWN_OPTIONS``); other body
-  fields are ignored, as the real server ignores options a recipe lacks.
+    async with FakeLemonade(models) as fake:
+        ...  # a cancelled client call no longer cancels the fake's handling
+
+Outside that context a cancelled in-process call cancels the fake's handling
+of it (a hung ``/load`` abandoned by its client then loads nothing).  Leaving
+the context cancels whatever is still running.
+
+One instance serves one event loop at a time.  ``/health``'s
+``model_loaded`` names the most recently *used* loaded model, as the
+server's code does.  The fake is an offline server: a model not downloaded
+cannot be downloaded (500 "CURL error: Couldn't resolve host name").
 """
 
 from __future__ import annotations
@@ -38,19 +61,24 @@ import json
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
+from typing import Any, ClassVar, Self, cast
 
 import anyio
 import attrs
 import httpx
 
+from slotfsm.lemonade import DEFAULT_MAX_HEALTH_BYTES
+from slotfsm.testing import _replies as replies
 from slotfsm.testing._http import ConnectionDropped, Receive, Scope, Send, serve_asgi
+from slotfsm.testing._replies import Reply, json_reply, load_error, plain_error
 from slotfsm.testing._residency import Loaded, Residency
+from slotfsm.testing._switches import Hang, Switch, Switchboard
 from slotfsm.testing._values import (
-    DEFAULT_MAX_TYPES,
+    HEALTH_TYPES,
     MODEL_TYPES,
     FakeModel,
+    FakeTiming,
     HealthFault,
     RecordedRequest,
 )
@@ -60,83 +88,34 @@ __all__ = ["PREFIXES", "FakeLemonade"]
 PREFIXES: tuple[str, ...] = ("/api/v1/", "/v1/", "/api/v0/", "/v0/")
 """Every API route answers under each of these."""
 
-_POST_ROUTES = frozenset({"load", "unload"})
-_GET_ROUTES = frozenset({"health", "models"})
+_PROTECTED = ("/api/", "/v0/", "/v1/")
+_POST_ROUTES = frozenset({"load", "unload", "chat"})
+_GET_ROUTES = frozenset({"health", "models", "model", "system-info"})
 _FILE_MISSING_PHRASES = ("not found", "does not exist", "No such file")
+_OFFLINE = "CURL error: Couldn't resolve host name"
+_START_FAILED = "llama-server failed to start"
 
 
 @attrs.frozen
-class _Reply:
-    status: int
-    body: bytes
-    content_type: bytes = b"application/json"
-
-
-@attrs.frozen
-class _LoadFailure:
+class _Failure:
     message: str
     retry_succeeds: bool
 
 
-def _json(status: int, payload: object) -> _Reply:
-    return _Reply(status, json.dumps(payload).encode("utf-8"))
-
-
-def _json_type(value: object) -> str:
-    """The JSON type name of a parsed value, as the server's parser words it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
 def _route_of(path: str) -> tuple[str, bool]:
-    """The normalised route name of ``path`` and whether it is under a prefix."""
+    """The normalised route name of ``path`` and whether it needs the API key."""
     if path == "/live":
         return "live", False
+    protected = path.startswith(_PROTECTED)
     for prefix in PREFIXES:
         if path.startswith(prefix):
             rest = path[len(prefix) :]
-            return (rest if rest in _POST_ROUTES | _GET_ROUTES else "other"), True
-    return "other", False
-
-
-def _invalid_request(detail: str) -> _Reply:
-    error = {
-        "message": f"Invalid request: {detail}",
-        "type": "invalid_request_error",
-        "code": "invalid_request",
-    }
-    return _json(400, {"error": error})
-
-
-def _model_error(status: int, code: str, name: str, message: str) -> _Reply:
-    error = {
-        "message": message,
-        "type": code,
-        "param": "model",
-        "code": code,
-        "requested_model": name,
-    }
-    return _json(status, {"error": error})
-
-
-def _load_error(name: str, detail: str) -> _Reply:
-    return _model_error(500, "model_load_error", name, f"Failed to load model '{name}': {detail}")
+            if rest.startswith("models/") and len(rest) > len("models/"):
+                return "model", protected
+            if rest == "chat/completions":
+                return "chat", protected
+            return (rest if rest in _POST_ROUTES | _GET_ROUTES else "other"), protected
+    return "other", protected
 
 
 def _is_file_missing(message: str) -> bool:
@@ -151,15 +130,25 @@ def _now_or_none() -> float | None:
         return None
 
 
+async def _take(seconds: float) -> None:
+    """Let ``seconds`` pass; none at all (not even a checkpoint) for zero."""
+    if seconds > 0:
+        await anyio.sleep(seconds)
+
+
 class FakeLemonade:
-    """A fake Lemonade Server: an ASGI 3 application with test switches.
+    """A fake Lemonade Server 11.7.0: an ASGI 3 application with test switches.
 
     ``models`` is the catalog (``FakeModel`` values, or plain names for
     ``llm`` models).  ``max_models`` overrides the per-type limits (default
-    1 per type; -1 for unlimited).  With ``api_key`` set, every prefixed
-    route wants ``Authorization: Bearer <api_key>``.  ``version`` is what
-    ``/health`` reports.  ``newer_fields`` adds the newer servers' per-model
-    ``is_busy``, ``is_streaming``, ``status`` and ``pinned`` to ``/health``.
+    1 per type, as the server's ``max_loaded_models``; -1 for unlimited).
+    With ``api_key`` set, every ``/api/*``, ``/v0/*``, ``/v1/*`` route wants
+    ``Authorization: Bearer <api_key>``.  ``version`` is what ``/health``
+    reports; ``newer_fields=False`` gives the few ``/health`` fields of
+    10.6.0 instead of 11.7.0's.  ``backends`` maps each llama.cpp backend to
+    its ``system-info`` state; ``llamacpp_backend`` must be ``auto`` or one
+    whose state is not ``unsupported``.  ``timing`` is described in the
+    module docstring; it may be changed at any time through :attr:`timing`.
 
     Use it in process with ``httpx.AsyncClient(transport=fake.transport(),
     base_url="http://lemonade")``, or on a loopback socket with ``async with
@@ -169,12 +158,21 @@ class FakeLemonade:
     LAST_USE_OFFSET_MS: ClassVar[int] = 1_000
     """``last_use`` of a model used at the instant the fake booted."""
 
-    KNOWN_OPTIONS: ClassVar[Mapping[str, str]] = {
-        "ctx_size": "number",
-        "llamacpp_backend": "string",
-        "llamacpp_args": "string",
+    LLAMA_SERVER: ClassVar[str] = "/opt/lemonade/bin/llama-server"
+    """The executable the ``/health`` rows' ``launch_command`` names."""
+
+    DEFAULT_CTX_SIZE: ClassVar[int] = 4096
+    """The ``ctx_size`` of a load that gives none (as 11.7.0 configured by default)."""
+
+    DEFAULT_BACKENDS: ClassVar[Mapping[str, str]] = {
+        "cpu": "installed",
+        "cuda": "unsupported",
+        "metal": "unsupported",
+        "rocm": "unsupported",
+        "system": "unsupported",
+        "vulkan": "unsupported",
     }
-    """The ``/load`` options the fake records (name to JSON type); others are ignored."""
+    """The llama.cpp backends of the recorded CPU-only host, with their states."""
 
     def __init__(
         self,
@@ -182,8 +180,10 @@ class FakeLemonade:
         *,
         max_models: Mapping[str, int] | None = None,
         api_key: str | None = None,
-        version: str = "10.6.0",
-        newer_fields: bool = False,
+        version: str = "11.7.0",
+        newer_fields: bool = True,
+        backends: Mapping[str, str] | None = None,
+        timing: FakeTiming = FakeTiming.INSTANT,
     ) -> None:
         self._catalog: dict[str, FakeModel] = {}
         for model in models:
@@ -191,7 +191,7 @@ class FakeLemonade:
             if entry.name in self._catalog:
                 raise ValueError(f"duplicate model name {entry.name!r}")
             self._catalog[entry.name] = entry
-        self._max_models = dict.fromkeys(DEFAULT_MAX_TYPES, 1)
+        self._max_models = dict.fromkeys(HEALTH_TYPES, 1)
         for model_type, limit in (max_models or {}).items():
             if model_type not in MODEL_TYPES:
                 raise ValueError(f"unknown model type {model_type!r} in max_models")
@@ -201,27 +201,30 @@ class FakeLemonade:
         self._api_key = api_key.encode("utf-8") if api_key is not None else None
         self.version = version
         self.newer_fields = newer_fields
+        self._backends = dict(backends if backends is not None else self.DEFAULT_BACKENDS)
+        usable = [name for name, state in self._backends.items() if state != "unsupported"]
+        self._default_backend = usable[0] if usable else "cpu"
+        self.timing = timing
+        """How long starts and unloads take (see :class:`FakeTiming`)."""
 
         self._residency = Residency()
         self._log: list[RecordedRequest] = []
-        self._hung: set[str] = set()
+        self._switches = Switchboard(self._notify)
         self._hanging: Counter[str] = Counter()
-        self._failures: dict[str, _LoadFailure] = {}
-        self._hung_unloads: set[str] = set()
         self._hanging_unloads: Counter[str] = Counter()
-        self._unload_failures: dict[str, str] = {}
-        self._drops: set[str] = set()
-        self._delays: dict[str, float] = {}
-        self._health_fault: HealthFault | None = None
-        self._duplicate_rows = False
+        self._deleted: set[str] = set()
         self._evict_all_count = 0
         self._loads_in_flight = 0
         self._max_loads_in_flight = 0
         self._model_loads_in_flight: Counter[str] = Counter()
         self._max_model_loads_in_flight: Counter[str] = Counter()
         self._boot = _now_or_none()
+        self._last_stamp = 0
         self._load_lock: anyio.Lock | None = None
+        self._router_lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
+        self._background: anyio.abc.TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None
 
     # ------------------------------------------------------------------ ASGI
 
@@ -240,7 +243,11 @@ class FakeLemonade:
             chunks.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 break
-        reply = await self._handle(scope, b"".join(chunks))
+        body = b"".join(chunks)
+        if self._background is None:
+            reply = await self._handle(scope, body)
+        else:
+            reply = await self._handle_in_background(self._background, scope, body)
         headers = [
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.body)).encode("ascii")),
@@ -258,6 +265,46 @@ class FakeLemonade:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def __aenter__(self) -> Self:
+        """Hold a task group in which every request is handled to its end (see above)."""
+        if self._exit_stack is not None:
+            raise RuntimeError("this FakeLemonade is already entered")
+        stack = AsyncExitStack()
+        tasks = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)  # runs first: nothing left waits forever
+        self._exit_stack, self._background = stack, tasks
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        stack, self._exit_stack, self._background = self._exit_stack, None, None
+        assert stack is not None
+        return await stack.__aexit__(*exc_info)
+
+    async def _handle_in_background(
+        self, tasks: anyio.abc.TaskGroup, scope: Scope, body: bytes
+    ) -> Reply:
+        """Handle the request in the fake's own task: a caller that leaves does not stop it."""
+        send, receive = anyio.create_memory_object_stream[Reply | ConnectionDropped](1)
+
+        async def handle() -> None:
+            with send:
+                try:
+                    outcome: Reply | ConnectionDropped = await self._handle(scope, body)
+                except ConnectionDropped as exc:
+                    outcome = exc
+                with suppress(anyio.BrokenResourceError):  # the caller gave up
+                    send.send_nowait(outcome)
+
+        tasks.start_soon(handle)
+        with receive:
+            try:
+                outcome = await receive.receive()
+            except anyio.EndOfStream:  # the fake was closed under the request
+                raise ConnectionDropped from None
+        if isinstance(outcome, ConnectionDropped):
+            raise outcome
+        return outcome
+
     def transport(self) -> httpx.ASGITransport:
         """An httpx transport that calls this app in process, on the caller's clock."""
         return httpx.ASGITransport(app=self)
@@ -272,12 +319,12 @@ class FakeLemonade:
 
     # -------------------------------------------------------------- dispatch
 
-    async def _handle(self, scope: Scope, body: bytes) -> _Reply:
+    async def _handle(self, scope: Scope, body: bytes) -> Reply:
         now = self._ensure_boot()
         method = str(scope["method"]).upper()
         path = str(scope["path"])
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
-        route, prefixed = _route_of(path)
+        route, protected = _route_of(path)
         authorized = self._is_authorized(scope.get("headers", []))
         record = RecordedRequest(
             method=method,
@@ -291,22 +338,27 @@ class FakeLemonade:
         )
         index = len(self._log)
         self._log.append(record)
+        self._notify()
         counts_as_load = route == "load" and method == "POST"
         if counts_as_load:
             self._loads_in_flight += 1
             self._max_loads_in_flight = max(self._max_loads_in_flight, self._loads_in_flight)
-        reply: _Reply | None = None
+        reply: Reply | None = None
         dropped = False
         try:
-            reply = await self._dispatch(method, route, path, query, body, prefixed, authorized)
-            dropped = self._drops_reply(route, record.body)
+            if protected and not authorized:
+                reply = plain_error(401, "Invalid or missing API key")
+            else:
+                reply = await self._dispatch(method, route, path, query, body)
+                dropped = self._drops_reply(route, record.body)
         finally:
             if counts_as_load:
                 self._loads_in_flight -= 1
             status = reply.status if reply is not None and not dropped else None
-            self._log[index] = attrs.evolve(
-                record, status=status, done_at=anyio.current_time(), dropped=dropped
-            )
+            if index < len(self._log) and self._log[index] is record:
+                self._log[index] = attrs.evolve(
+                    record, status=status, done_at=anyio.current_time(), dropped=dropped
+                )
             self._notify()
         if dropped:
             raise ConnectionDropped
@@ -315,330 +367,440 @@ class FakeLemonade:
     def _drops_reply(self, route: str, body: object) -> bool:
         """Whether the answer to this (handled) request is dropped instead of sent."""
         if route == "health":
-            return self._health_fault is HealthFault.DROP
-        if route in _POST_ROUTES and isinstance(body, dict):
-            return any(body.get(key) in self._drops for key in ("model_name", "model"))
+            return self._health_fault() is HealthFault.DROP
+        if route in ("load", "unload") and isinstance(body, dict):
+            names = {body.get(key) for key in ("model_name", "model")}
+            return any(
+                isinstance(name, str) and self._switches.latest("drop", name) is not None
+                for name in names
+            )
         return False
 
-    async def _dispatch(
-        self,
-        method: str,
-        route: str,
-        path: str,
-        query: str,
-        body: bytes,
-        prefixed: bool,
-        authorized: bool,
-    ) -> _Reply:
-        if prefixed and not authorized:
-            return _json(401, {"error": "Invalid or missing API key"})
+    async def _dispatch(self, method: str, route: str, path: str, query: str, body: bytes) -> Reply:
         if route == "live" and method == "GET":
-            return _json(200, {"status": "ok"})
-        if route in _POST_ROUTES and method == "GET":
-            return _json(405, {"error": "Method Not Allowed. Use POST for this endpoint"})
-        if route == "load" and method == "POST":
-            return await self._load(body)
-        if route == "unload" and method == "POST":
-            return await self._unload(body)
-        if route == "health" and method == "GET":
-            return await self._health()
-        if route == "models" and method == "GET":
-            return self._models(query)
-        return _json(404, {"error": f"Not Found: {method} {path}"})
+            return json_reply(200, {"status": "ok"})
+        if route in ("load", "unload") and method == "GET":
+            return plain_error(405, "Method Not Allowed. Use POST for this endpoint")
+        if method == "POST":
+            if route == "load":
+                return await self._load(body)
+            if route == "unload":
+                return await self._unload(body)
+            if route == "chat":
+                return await self._chat(body)
+        if method == "GET":
+            if route == "health":
+                return await self._health()
+            if route == "models":
+                return self._models(query)
+            if route == "model":
+                return self._model(urllib.parse.unquote(path.partition("/models/")[2]))
+            if route == "system-info":
+                return json_reply(200, replies.system_info(self._backends, self._default_backend))
+        return replies.no_such_route(path)
 
     def _is_authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """The server drops the header's first 7 characters ("Bearer ") and compares the rest."""
         if self._api_key is None:
             return True
-        expected = b"Bearer " + self._api_key
         for name, value in headers:
             if bytes(name).lower() == b"authorization":
-                return hmac.compare_digest(bytes(value), expected)
+                return hmac.compare_digest(bytes(value)[7:], self._api_key)
         return False
+
+    def _lookup(self, spelling: str) -> FakeModel | None:
+        """The catalog entry a name addresses: its public id or its prefixed spelling."""
+        model = self._catalog.get(spelling)
+        if model is not None:
+            return model
+        for model in self._catalog.values():
+            if spelling in model.spellings:
+                return model
+        return None
 
     # ----------------------------------------------------------------- /load
 
-    async def _load(self, body: bytes) -> _Reply:
+    async def _load(self, body: bytes) -> Reply:
+        if not body:
+            return plain_error(400, "Request body is required but was empty")
         try:
             request = json.loads(body)
-        except ValueError as exc:
-            return _invalid_request(f"[json.exception.parse_error.101] parse error: {exc}")
+        except json.JSONDecodeError as exc:
+            return replies.invalid_json(exc)
         if not isinstance(request, dict):
-            return _invalid_request(
+            return replies.invalid_request(
                 "[json.exception.type_error.305] cannot use operator[] with a string "
-                f"argument with {_json_type(request)}"
+                f"argument with {replies.json_type(request)}"
             )
-        name = request.get("model_name")
-        if not isinstance(name, str):
-            return _invalid_request(
-                f"[json.exception.type_error.302] type must be string, but is {_json_type(name)}"
+        sent = request.get("model_name")
+        if not isinstance(sent, str):
+            return replies.invalid_request(
+                "[json.exception.type_error.302] type must be string, "
+                f"but is {replies.json_type(sent)}"
             )
-        model = self._catalog.get(name)
+        model = self._lookup(sent)
         if model is None:
-            return _model_error(
-                404,
-                "model_not_found",
-                name,
-                f"Model '{name}' was not found. "
-                "Use GET /api/v1/models?show_all=true to list the models this server knows.",
-            )
-        options: dict[str, object] = {}
-        for key, json_type in self.KNOWN_OPTIONS.items():
-            if key not in request:
-                continue
-            value = request[key]
-            if _json_type(value) != json_type:
-                return _load_error(
-                    name,
-                    f"[json.exception.type_error.302] type must be {json_type}, "
-                    f"but is {_json_type(value)}",
-                )
-            options[key] = value
-        self._model_loads_in_flight[name] += 1
-        self._max_model_loads_in_flight[name] = max(
-            self._max_model_loads_in_flight[name], self._model_loads_in_flight[name]
+            return replies.model_not_found(sent, self._catalog)
+        options = self._resolve_options(request)
+        if isinstance(options, str):  # refused before anything is touched
+            return load_error(sent, options)
+        if not model.downloaded:  # the download step, before the router: no eviction
+            if model.name in self._deleted:  # the directory watcher drops it
+                self._deleted.discard(model.name)
+                self._catalog.pop(model.name, None)
+                self._notify()
+            return load_error(sent, _OFFLINE)
+        self._model_loads_in_flight[model.name] += 1
+        self._max_model_loads_in_flight[model.name] = max(
+            self._max_model_loads_in_flight[model.name], self._model_loads_in_flight[model.name]
         )
         try:
-            async with self._get_load_lock():
-                return await self._load_serialized(model, options)
+            async with self._loads():
+                return await self._load_serialized(model, sent, options)
         finally:
-            self._model_loads_in_flight[name] -= 1
+            self._model_loads_in_flight[model.name] -= 1
 
-    async def _load_serialized(self, model: FakeModel, options: dict[str, object]) -> _Reply:
+    def _resolve_options(self, request: Mapping[str, object]) -> dict[str, object] | str:
+        """The options a start uses (``null`` is "not given"), or why they are refused."""
+        ctx_size = request.get("ctx_size")
+        if isinstance(ctx_size, bool) or not isinstance(ctx_size, int):
+            ctx_size = self.DEFAULT_CTX_SIZE  # null, a string, a float: ignored
+        resolved: dict[str, object] = {"ctx_size": ctx_size}
+        for key, default in (("llamacpp_args", ""), ("llamacpp_backend", "auto")):
+            value = request.get(key)
+            if value is None:
+                value = default
+            if not isinstance(value, str):
+                return (
+                    "[json.exception.type_error.302] type must be string, "
+                    f"but is {replies.json_type(value)}"
+                )
+            resolved[key] = value
+        if resolved["llamacpp_backend"] == "auto":
+            resolved["llamacpp_backend"] = self._default_backend
+        return resolved
+
+    async def _load_serialized(
+        self, model: FakeModel, sent: str, options: dict[str, object]
+    ) -> Reply:
         """One load, holding the server-wide load lock."""
-        name = model.name
-        current = self._residency.get(name)
+        current = self._residency.get(model.name)
         if current is not None:
-            self._residency.touch(name, self._now())  # last_use moves at load start
             if current.options == options:
-                return self._loaded_reply(model)
-            self._residency.remove(name)
-        self._residency.make_room(model.type, self._max_models.get(model.type, 1))
-        self._notify()
-        await self._start_backend(name)
-        failure = self._failures.get(name)
+                self._residency.touch(model.name, self._stamp())
+                self._notify()
+                return self._loaded_reply(model, sent)
+            await self._evict([current])  # an option change: the old process goes first
+        limit = self._max_models.get(model.type, 1)
+        while (victim := self._residency.lru_victim(model.type, limit)) is not None:
+            await self._evict([victim])
+        failure = await self._start(model, options, retry=False)
         if failure is not None:
-            if _is_file_missing(failure.message):
-                return _load_error(name, failure.message)
+            if _is_file_missing(failure):
+                return load_error(sent, failure)
             # "Load failed with non-file-not-found error, evicting all models and retrying..."
-            self._evict_everything()
-            if not failure.retry_succeeds:
-                return _load_error(name, failure.message)
-        self._residency.add(model, options, self._now())
+            await self._evict_everything()
+            failure = await self._start(model, options, retry=True)
+            if failure is not None:
+                return load_error(sent, failure)
+        self._residency.add(model, options, self._stamp())
         self._notify()
-        return self._loaded_reply(model)
+        return self._loaded_reply(model, sent)
 
-    async def _start_backend(self, name: str) -> None:
-        """Wait as long as the backend child takes to become ready."""
-        if name in self._hung:
-            self._hanging[name] += 1
-            self._notify()
-            try:
-                while name in self._hung:
+    async def _start(
+        self, model: FakeModel, options: Mapping[str, object], retry: bool
+    ) -> str | None:
+        """Start a backend for ``model``: ``None`` once ready, or why it failed."""
+        backend = str(options["llamacpp_backend"])
+        if self._backends.get(backend, "unsupported") == "unsupported":
+            usable = [name for name, state in self._backends.items() if state != "unsupported"]
+            return f"'llamacpp.backend' must be one of: {', '.join(['auto', *usable])}"
+        refusal = replies.reserved_arg(str(options["llamacpp_args"]))
+        if refusal is not None:
+            return refusal
+        for switch in self._switches.all("hang", model.name):
+            hang = cast(Hang, switch)
+            if hang.catch():
+                outcome = await self._hang(model.name, hang)
+                if outcome == "killed":
+                    return _START_FAILED
+                if outcome == "timed out":
+                    await _take(self.timing.unload)  # the process is stopped
+                    return _START_FAILED
+                break
+        delay = self._switches.latest("delay", model.name)
+        await _take(float(cast(float, delay.value)) if delay is not None else self.timing.start)
+        failing = self._switches.latest("fail", model.name)
+        if failing is None:
+            return None
+        failure = cast(_Failure, failing.value)
+        return None if retry and failure.retry_succeeds else failure.message
+
+    async def _hang(self, name: str, hang: Hang) -> str:
+        """Wait on a start that does not become ready: "ready", "killed" or "timed out"."""
+        killed = hang.killed
+        self._hanging[name] += 1
+        hang.hung += 1
+        self._notify()
+        try:
+            timeout = self.timing.start_timeout
+            with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+                while hang.on and hang.killed == killed:
                     await self.wait_changed()
-            finally:
-                self._hanging[name] -= 1
-        delay = self._delays.get(name, 0.0)
-        if delay > 0:
-            await anyio.sleep(delay)
+                return "ready" if hang.killed == killed else "killed"
+            return "timed out"
+        finally:
+            self._hanging[name] -= 1
+            hang.hung -= 1
+            self._notify()
 
     @staticmethod
-    def _loaded_reply(model: FakeModel) -> _Reply:
-        return _json(
-            200,
-            {
-                "status": "success",
-                "model_name": model.name,
-                "checkpoint": model.checkpoint,
-                "recipe": model.recipe,
-            },
-        )
+    def _loaded_reply(model: FakeModel, sent: str) -> Reply:
+        body = {
+            "checkpoint": model.checkpoint,
+            "model_name": sent,
+            "recipe": model.recipe,
+            "status": "success",
+        }
+        return json_reply(200, body)
+
+    async def _evict(self, entries: Iterable[Loaded]) -> None:
+        """Stop these backends one after another, holding the router lock."""
+        async with self._router():
+            for entry in entries:
+                await _take(self.timing.unload)
+                if self._residency.get(entry.model.name) is entry:
+                    self._residency.remove(entry.model.name)
+                    self._notify()
+
+    async def _evict_everything(self) -> None:
+        self._evict_all_count += 1
+        await self._evict(self._residency.entries())
 
     # --------------------------------------------------------------- /unload
 
-    async def _unload(self, body: bytes) -> _Reply:
-        name = ""
-        request = _parse_json(body) if body else None
-        if isinstance(request, dict):
-            for key in ("model_name", "model"):
-                value = request.get(key)
-                if isinstance(value, str):
-                    name = value
-                    break
-        if not name:
-            self._residency.clear()
-            self._notify()
-            return _json(200, {"status": "success", "message": "All models unloaded successfully"})
-        if name in self._hung_unloads:
-            self._hanging_unloads[name] += 1
+    async def _unload(self, body: bytes) -> Reply:
+        request = _parse_json(body)
+        sent = next(
+            (
+                value
+                for key in ("model_name", "model")
+                if isinstance(request, dict)
+                and isinstance(value := request.get(key), str)
+                and value
+            ),
+            None,
+        )
+        if sent is None:
+            await self._evict(self._residency.entries())
+            return json_reply(
+                200, {"message": "All models unloaded successfully", "status": "success"}
+            )
+        if self._switches.latest("hang_unload", sent) is not None:
+            self._hanging_unloads[sent] += 1
             self._notify()
             try:
-                while name in self._hung_unloads:
+                while self._switches.latest("hang_unload", sent) is not None:
                     await self.wait_changed()
             finally:
-                self._hanging_unloads[name] -= 1
-        if self._residency.get(name) is None:
-            return _json(404, {"error": f"Model not loaded: {name}"})
-        failure = self._unload_failures.get(name)
-        if failure is not None:
-            return _json(500, {"error": failure})
-        self._residency.remove(name)
-        self._notify()
-        return _json(
-            200,
-            {"status": "success", "message": "Model unloaded successfully", "model_name": name},
-        )
+                self._hanging_unloads[sent] -= 1
+        async with self._router():
+            model = self._lookup(sent)
+            entry = self._residency.get(model.name if model is not None else sent)
+            if entry is None:
+                return plain_error(404, f"Model not loaded: {sent}")
+            failure = self._switches.latest("fail_unload", sent)
+            if failure is not None:
+                return plain_error(500, str(failure.value))
+            await _take(self.timing.unload)
+            if self._residency.get(entry.model.name) is entry:
+                self._residency.remove(entry.model.name)
+            self._notify()
+        body_out = {
+            "message": "Model unloaded successfully",
+            "model_name": sent,
+            "status": "success",
+        }
+        return json_reply(200, body_out)
 
     # ---------------------------------------------------------------- /health
 
-    async def _health(self) -> _Reply:
-        while self._health_fault is HealthFault.HANG:
+    def _health_fault(self) -> HealthFault | None:
+        switch = self._switches.latest("health")
+        return cast(HealthFault, switch.value) if switch is not None else None
+
+    async def _health(self) -> Reply:
+        while self._health_fault() is HealthFault.HANG:
             await self.wait_changed()
-        fault = self._health_fault
+        if self.timing.health_waits:
+            async with self._router():
+                pass  # an eviction in progress holds it
+        fault = self._health_fault()
         if fault is HealthFault.NOT_JSON:
-            return _Reply(200, b"<html><body>Service busy</body></html>", b"text/html")
+            return Reply(200, b"<html><body>Service busy</body></html>", b"text/html")
         if fault is HealthFault.WRONG_SHAPE:
-            return _json(200, {"status": "ok", "all_models_loaded": "not-a-list"})
+            return json_reply(200, {"status": "ok", "all_models_loaded": "not-a-list"})
         if fault is HealthFault.SERVER_ERROR:
-            return _json(500, {"error": "Internal server error"})
+            return plain_error(500, "Internal server error")
         if fault is HealthFault.HUGE:
-            return _json(200, {"status": "ok", "all_models_loaded": [], "pad": " " * (2 << 20)})
-        recent = self._residency.most_recent()
-        rows = [self._health_row(e) for e in self._residency.entries()]
-        if self._duplicate_rows:
+            pad = " " * (DEFAULT_MAX_HEALTH_BYTES + 1)
+            return json_reply(200, {"status": "ok", "all_models_loaded": [], "pad": pad})
+        rows = [
+            replies.health_row(
+                entry,
+                entry.last_use,
+                self._switches.latest("busy", entry.model.name) is not None,
+                full=self.newer_fields,
+                llama_server=self.LLAMA_SERVER,
+            )
+            for entry in self._residency.entries()
+        ]
+        if self._switches.latest("duplicate_rows") is not None:
             rows = [row for row in rows for _ in range(2)]
         if fault is HealthFault.NAME_NOT_STRING:
             rows.append({"model_name": 42, "type": "llm", "last_use": self._to_ms(self._now())})
-        return _json(
-            200,
-            {
-                "status": "ok",
-                "version": self.version,
-                "model_loaded": recent.model.name if recent is not None else None,
-                "all_models_loaded": rows,
-                "max_models": dict(self._max_models),
-            },
-        )
-
-    def _health_row(self, entry: Loaded) -> dict[str, object]:
-        row: dict[str, object] = {
-            "model_name": entry.model.name,
-            "checkpoint": entry.model.checkpoint,
-            "type": entry.model.type,
-            "device": "gpu",
-            "backend_url": f"http://127.0.0.1:{entry.port}/v1",
-            "pid": entry.pid,
-            "recipe": entry.model.recipe,
-            "recipe_options": dict(entry.options),
-            "last_use": self._to_ms(entry.last_use),
+        recent = self._residency.most_recent()
+        body: dict[str, object] = {
+            "all_models_loaded": rows,
+            "max_models": dict(self._max_models),
+            "model_loaded": recent.model.name if recent is not None else None,
+            "status": "ok",
+            "version": self.version,
         }
         if self.newer_fields:
-            row["is_busy"] = entry.busy
-            row["is_streaming"] = entry.busy
-            row["status"] = "in_use" if entry.busy else "ready"
-            row["pinned"] = False
-        return row
+            body.update(
+                pinned_helper_models=dict.fromkeys(self._max_models, 0),
+                pinned_models=dict.fromkeys(self._max_models, 0),
+                telemetry={"enabled": False},
+                update_check_done=True,
+                websocket_port=replies.WEBSOCKET_PORT,
+            )
+        return json_reply(200, dict(sorted(body.items())))
 
-    # ---------------------------------------------------------------- /models
+    # ------------------------------------------------------ /models, /chat
 
-    def _models(self, query: str) -> _Reply:
+    def _models(self, query: str) -> Reply:
         show_all = urllib.parse.parse_qs(query).get("show_all", [""])[-1] == "true"
         data = [
-            {
-                "id": m.name,
-                "object": "model",
-                "checkpoint": m.checkpoint,
-                "recipe": m.recipe,
-                "downloaded": m.downloaded,
-                "labels": [],
-            }
-            for m in self._catalog.values()
-            if show_all or m.downloaded
+            replies.model_object(self._catalog[name])
+            for name in sorted(self._catalog)
+            if show_all or self._catalog[name].downloaded
         ]
-        return _json(200, {"object": "list", "data": data})
+        return json_reply(200, {"data": data, "object": "list"})
+
+    def _model(self, spelling: str) -> Reply:
+        model = self._lookup(spelling)
+        if model is None:
+            return replies.model_not_found(spelling, self._catalog)
+        return json_reply(200, replies.model_object(model))
+
+    async def _chat(self, body: bytes) -> Reply:
+        """A token chat completion: it loads the model when needed and moves its ``last_use``."""
+        request = _parse_json(body)
+        if not isinstance(request, dict) or not isinstance(request.get("model"), str):
+            return replies.invalid_request("'model' is required")
+        sent = str(request["model"])
+        model = self._lookup(sent)
+        if model is None:
+            return replies.model_not_found(sent, self._catalog)
+        if self._residency.get(model.name) is None:
+            options = self._resolve_options({})
+            assert not isinstance(options, str)
+            async with self._loads():
+                loaded = await self._load_serialized(model, sent, options)
+            if loaded.status != 200:
+                return loaded
+        self._residency.touch(model.name, self._stamp())
+        self._notify()
+        max_tokens = request.get("max_tokens")
+        tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 16
+        messages = request.get("messages")
+        created = int(self._to_ms(self._now()) // 1000)
+        completion = replies.chat_completion(
+            model.name, tokens, created, messages if isinstance(messages, list) else []
+        )
+        return json_reply(200, completion)
 
     # ------------------------------------------------------------- switches
 
-    def hang(self, name: str) -> None:
-        """Make every load of ``name`` block (holding the load lock) until ``release``.
+    def hanging(self, name: str, *, starts: int | None = None) -> Hang:
+        """Starts of ``name`` do not become ready while the switch is on.
 
-        A load that only refreshes an already-loaded model with the same
-        options starts no backend and does not hang.
+        A hung load holds the load lock, so every later load waits behind it;
+        ``/health`` still answers and does not list it, and an ``/unload`` of
+        it answers 404 "Model not loaded".  Turning the switch off lets the
+        hung starts become ready (the loads then succeed); ``kill()`` fails
+        them instead (the evict-all and its retry follow); with
+        ``timing.start_timeout`` set, a start hung that long fails the same
+        way, after its process is stopped.  ``starts`` limits how many starts
+        it catches (``starts=1``: only the first, like a backend that hangs
+        once).  A load that only refreshes an already-loaded model with the
+        same options starts nothing and does not hang.
         """
-        self._hung.add(name)
-        self._notify()
+        hang = Hang(self._switches, name, starts)
+        self._switches.add(hang)
+        return hang
 
-    def release(self, name: str) -> None:
-        """Let the hung loads of ``name`` go on, and stop hanging new ones."""
-        self._hung.discard(name)
-        self._notify()
-
-    def fail(
+    def failing(
         self,
         name: str,
-        message: str = "llama-server failed to start",
+        message: str = _START_FAILED,
         *,
         retry_succeeds: bool = False,
-    ) -> None:
-        """Make the backend start of ``name`` throw ``message`` (until ``clear_fail``).
+    ) -> Switch[object]:
+        """Backend starts of ``name`` fail with ``message`` while the switch is on.
 
         Unless ``message`` contains "not found", "does not exist" or "No such
         file", the fake then unloads every model and retries once; the retry
         succeeds only with ``retry_succeeds``.
         """
-        self._failures[name] = _LoadFailure(message, retry_succeeds)
-        self._notify()
+        return self._switches.add(
+            Switch(self._switches, "fail", name, _Failure(message, retry_succeeds))
+        )
 
-    def clear_fail(self, name: str) -> None:
-        """Let loads of ``name`` succeed again."""
-        self._failures.pop(name, None)
-        self._notify()
+    def hanging_unload(self, name: str) -> Switch[object]:
+        """``/unload`` of ``name`` (as sent) blocks, before acting, while the switch is on."""
+        return self._switches.add(Switch(self._switches, "hang_unload", name, None))
 
-    def hang_unload(self, name: str) -> None:
-        """Make every ``/unload`` of ``name`` block, before acting, until ``release_unload``."""
-        self._hung_unloads.add(name)
-        self._notify()
+    def failing_unload(
+        self, name: str, message: str = "Failed to stop the backend"
+    ) -> Switch[object]:
+        """``/unload`` of loaded ``name`` answers ``500 {"error": message}`` and keeps it.
 
-    def release_unload(self, name: str) -> None:
-        """Let the hung unloads of ``name`` go on, and stop hanging new ones."""
-        self._hung_unloads.discard(name)
-        self._notify()
-
-    def fail_unload(self, name: str, message: str = "Failed to stop the backend") -> None:
-        """Make ``/unload`` of loaded ``name`` answer ``500 {"error": message}`` and keep it.
-
-        Until ``clear_fail_unload``.  An unload of ``name`` when it is not
-        loaded still answers 404 "Model not loaded".
+        An unload of ``name`` when it is not loaded still answers 404 "Model not loaded".
         """
-        self._unload_failures[name] = message
-        self._notify()
+        return self._switches.add(Switch(self._switches, "fail_unload", name, message))
 
-    def clear_fail_unload(self, name: str) -> None:
-        """Let unloads of ``name`` succeed again."""
-        self._unload_failures.pop(name, None)
-        self._notify()
+    def dropping_replies(self, name: str) -> Switch[object]:
+        """``/load`` and ``/unload`` naming ``name`` take effect, then the connection drops.
 
-    def drop_reply(self, name: str) -> None:
-        """Handle every ``/load`` and ``/unload`` naming ``name``, then drop the connection.
-
-        The request takes effect (a load loads, an unload unloads) but the
-        client gets no answer: the connection closes, as it would if the
-        server or the network died at that instant.  In process the client
-        sees ``httpx.RemoteProtocolError``.  Until ``clear_drop_reply``.
+        The client gets no answer, as if the server or the network died at
+        that instant.  In process the client sees ``httpx.RemoteProtocolError``.
         """
-        self._drops.add(name)
-        self._notify()
+        return self._switches.add(Switch(self._switches, "drop", name, None))
 
-    def clear_drop_reply(self, name: str) -> None:
-        """Answer requests naming ``name`` again."""
-        self._drops.discard(name)
-        self._notify()
-
-    def set_load_delay(self, name: str, seconds: float) -> None:
-        """Make every backend start of ``name`` take ``seconds`` (0 for instant)."""
+    def delaying(self, name: str, seconds: float) -> Switch[object]:
+        """Backend starts of ``name`` take ``seconds`` (instead of ``timing.start``)."""
         if seconds < 0:
-            raise ValueError("a load delay cannot be negative")
-        self._delays[name] = seconds
-        self._notify()
+            raise ValueError("a start delay cannot be negative")
+        return self._switches.add(Switch(self._switches, "delay", name, seconds))
+
+    def busy(self, name: str) -> Switch[object]:
+        """``/health`` shows ``name`` in use (``is_busy``, ``is_streaming``, ``in_use``)."""
+        return self._switches.add(Switch(self._switches, "busy", name, None))
+
+    def health_fault(self, fault: HealthFault) -> Switch[object]:
+        """``GET /health`` misbehaves as ``fault`` says while the switch is on."""
+        return self._switches.add(Switch(self._switches, "health", None, fault))
+
+    def duplicate_rows(self) -> Switch[object]:
+        """``/health`` lists every loaded model twice (identical rows) while the switch is on.
+
+        Not a :class:`HealthFault`: the answer stays well-formed and true.
+        """
+        return self._switches.add(Switch(self._switches, "duplicate_rows", None, None))
+
+    # -------------------------------------------------------------- actions
 
     def mark_used(self, name: str) -> None:
         """Simulate an inference request on loaded model ``name``: refresh its ``last_use``.
@@ -647,18 +809,7 @@ class FakeLemonade:
         """
         if self._residency.get(name) is None:
             raise KeyError(f"model {name!r} is not loaded")
-        self._residency.touch(name, self._now())
-        self._notify()
-
-    def set_busy(self, name: str, busy: bool) -> None:
-        """Mark loaded model ``name`` busy (shown only with ``newer_fields``).
-
-        Raises ``KeyError`` when ``name`` is not loaded.
-        """
-        entry = self._residency.get(name)
-        if entry is None:
-            raise KeyError(f"model {name!r} is not loaded")
-        entry.busy = busy
+        self._residency.touch(name, self._stamp())
         self._notify()
 
     def restart(self) -> None:
@@ -669,34 +820,38 @@ class FakeLemonade:
         """
         self._residency.clear()
         self._boot = _now_or_none()
+        self._last_stamp = 0
         self._notify()
 
     def evict_all(self) -> None:
-        """Unload every model, as another client's failed load would (counted)."""
-        self._evict_everything()
-
-    def set_health_fault(self, fault: HealthFault | None) -> None:
-        """Make ``GET /health`` misbehave as ``fault`` says; ``None`` restores it."""
-        self._health_fault = fault
-        self._notify()
-
-    def set_duplicate_rows(self, on: bool) -> None:
-        """List every loaded model twice in ``/health`` (identical rows) while ``on``.
-
-        Not a :class:`HealthFault`: the answer stays well-formed and true.
-        """
-        self._duplicate_rows = on
+        """Unload every model at once, as another client's failed load would (counted)."""
+        self._evict_all_count += 1
+        self._residency.clear()
         self._notify()
 
     def add_model(self, model: FakeModel | str) -> None:
-        """Add (or replace) a catalog entry."""
+        """Add (or replace) a catalog entry (a file copied into the models directory)."""
         entry = model if isinstance(model, FakeModel) else FakeModel(model)
         self._catalog[entry.name] = entry
+        self._deleted.discard(entry.name)
         self._notify()
 
     def remove_model(self, name: str) -> None:
         """Remove a catalog entry: later loads of it get 404 (a loaded copy stays loaded)."""
         self._catalog.pop(name, None)
+        self._notify()
+
+    def delete_file(self, name: str) -> None:
+        """Delete the file of catalog entry ``name`` (a loaded copy stays loaded).
+
+        As on 11.7.0 offline: the next ``/load`` of it answers 500
+        "CURL error: Couldn't resolve host name" (the server still knows the
+        model, finds it not downloaded and tries to download it), touching no
+        other model; then the entry is gone, and loads get 404.
+        """
+        model = self._catalog[name]
+        self._catalog[name] = attrs.evolve(model, downloaded=False)
+        self._deleted.add(name)
         self._notify()
 
     # ----------------------------------------------------------- inspection
@@ -723,7 +878,7 @@ class FakeLemonade:
         return [r for r in self._log if r.route == "health" and r.method == "GET"]
 
     def loaded_models(self) -> list[str]:
-        """Names of the models loaded now, in load order."""
+        """Public ids of the models loaded now, in the order they became ready."""
         return self._residency.names()
 
     @property
@@ -746,20 +901,20 @@ class FakeLemonade:
         return self._max_model_loads_in_flight[name]
 
     async def wait_hanging(self, name: str, count: int = 1) -> None:
-        """Wait until ``count`` loads of ``name`` are blocked on its ``hang`` switch."""
+        """Wait until ``count`` starts of ``name`` are hung on a ``hanging`` switch."""
         while self._hanging[name] < count:
             await self.wait_changed()
 
     async def wait_hanging_unload(self, name: str, count: int = 1) -> None:
-        """Wait until ``count`` unloads of ``name`` are blocked on its ``hang_unload`` switch."""
+        """Wait until ``count`` unloads of ``name`` are blocked on a ``hanging_unload`` switch."""
         while self._hanging_unloads[name] < count:
             await self.wait_changed()
 
     async def wait_changed(self) -> None:
         """Wait until something about the fake changes.
 
-        That is: a request is answered (or abandoned), a model is loaded or
-        unloaded or used, a load starts hanging, or a switch is flipped.  Use
+        That is: a request arrives or is answered (or abandoned), a model is loaded or
+        unloaded or used, a start starts hanging, or a switch is flipped.  Use
         it in a loop around the condition you want::
 
             while "qwen" not in fake.loaded_models():
@@ -770,11 +925,6 @@ class FakeLemonade:
         await self._changed.wait()
 
     # -------------------------------------------------------------- helpers
-
-    def _evict_everything(self) -> None:
-        self._evict_all_count += 1
-        self._residency.clear()
-        self._notify()
 
     def _ensure_boot(self) -> float:
         now = anyio.current_time()
@@ -789,12 +939,35 @@ class FakeLemonade:
         boot = self._boot if self._boot is not None else at
         return round((at - boot) * 1000) + self.LAST_USE_OFFSET_MS
 
-    def _get_load_lock(self) -> anyio.Lock:
+    def _stamp(self) -> int:
+        """``last_use`` for a use now: the clock in ms, and later than every earlier use.
+
+        Two uses within one millisecond would tie on the real server; the fake
+        keeps them apart so that what tests see of the LRU order is certain.
+        """
+        self._last_stamp = max(self._to_ms(self._now()), self._last_stamp + 1)
+        return self._last_stamp
+
+    def _loads(self) -> anyio.Lock:
+        """The load lock: loads are serialized server-wide."""
         if self._load_lock is None:
             self._load_lock = anyio.Lock()
         return self._load_lock
+
+    def _router(self) -> anyio.Lock:
+        """The router lock: held by every unload and eviction, awaited by ``/health``."""
+        if self._router_lock is None:
+            self._router_lock = anyio.Lock()
+        return self._router_lock
 
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

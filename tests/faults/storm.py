@@ -48,7 +48,7 @@ from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapsh
 from slotfsm.errors import Failure
 from slotfsm.ledger import Ledger
 from slotfsm.snapshot import SlotTransition
-from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
+from slotfsm.testing import FakeLemonade, FakeModel, HealthFault, Switch
 from slotfsm.testing.files import Flaw, write_model
 
 # -- the models of one slot ------------------------------------------------------------
@@ -111,7 +111,7 @@ class StormSettings:
     bound: float = 3600.0
     """Callers still waiting after this long have lost their command."""
     delays: tuple[float, ...] = (0.0, 0.0, 0.5, 2.0, 4.0)
-    """Backend start times the fault injector picks from (``set_load_delay``)."""
+    """Backend start times the fault injector picks from (``delaying``)."""
     max_hung: int = 2
 
 
@@ -137,8 +137,10 @@ class World:
                 self.entries.append(write_model(directory, name, flaw=flaw))
                 if kind != GONE:
                     self.fake.add_model(FakeModel(name))
-        self.hung: set[str] = set()
-        self.failing: set[str] = set()
+        self.hung: dict[str, Switch[object]] = {}
+        self.failing: dict[str, list[Switch[object]]] = {}
+        self.switches: dict[str, Switch[object]] = {}
+        """The one health fault and each model's start delay: a new one replaces the old."""
         self.injected: Counter[str] = Counter()
 
     def configs(self) -> list[SlotConfig]:
@@ -197,32 +199,27 @@ class World:
             if len(self.hung) >= self.settings.max_hung:
                 return
             model = model_name(rng.choice(self.slots), "good")  # the most loaded kind
-            fake.hang(model)
-            self.hung.add(model)
+            if model not in self.hung:
+                self.hung[model] = fake.hanging(model)
         elif action == "release":
             if not self.hung:
                 return
             victim = rng.choice(sorted(self.hung))
-            fake.release(victim)
-            self.hung.discard(victim)
+            self.hung.pop(victim).off()
         elif action == "crash":
-            fake.fail(model, "llama-server failed to start")  # the evict-all, retry fails
-            self.failing.add(model)
+            self.fault(model, fake.failing(model, "llama-server failed to start"))  # evict-all
         elif action == "crash_retry_ok":
-            fake.fail(model, "llama-server failed to start", retry_succeeds=True)
-            self.failing.add(model)
+            self.fault(
+                model, fake.failing(model, "llama-server failed to start", retry_succeeds=True)
+            )
         elif action == "not_found":
-            fake.fail(model, f"GGUF file not found: /models/{model}.gguf")  # no evict-all
-            self.failing.add(model)
+            self.fault(model, fake.failing(model, f"GGUF file not found: /models/{model}.gguf"))
         elif action == "fail_unload":
-            fake.fail_unload(model)  # a 500, and the model stays loaded
-            self.failing.add(model)
+            self.fault(model, fake.failing_unload(model))  # a 500, and the model stays loaded
         elif action == "hang_unload":
-            fake.hang_unload(model)  # no answer: the client's http_timeout ends it
-            self.failing.add(model)
+            self.fault(model, fake.hanging_unload(model))  # no answer: http_timeout ends it
         elif action == "drop_reply":
-            fake.drop_reply(model)  # loads and unloads take effect, the answer is lost
-            self.failing.add(model)
+            self.fault(model, fake.dropping_replies(model))  # it acts, the answer is lost
         elif action == "heal":
             if not self.failing:
                 return
@@ -232,9 +229,10 @@ class World:
         elif action == "restart":
             fake.restart()
         elif action == "health":
-            fake.set_health_fault(rng.choice([*HealthFault, None, None, None]))
+            fault = rng.choice([*HealthFault, None, None, None])
+            self.switch("health", fake.health_fault(fault) if fault is not None else None)
         elif action == "delay":
-            fake.set_load_delay(model, rng.choice(self.settings.delays))
+            self.switch(f"delay {model}", fake.delaying(model, rng.choice(self.settings.delays)))
         else:
             self.rewrite_flip(rng.choice(self.slots), rng.choice(FLIP_FLAWS))
         self.injected[action] += 1
@@ -249,22 +247,30 @@ class World:
         written = write_model(self.scratch, name, flaw=flaw)
         os.replace(written.path, target)
 
+    def fault(self, model: str, switch: Switch[object]) -> None:
+        """Remember a failure switch of ``model`` until it heals."""
+        self.failing.setdefault(model, []).append(switch)
+
+    def switch(self, key: str, switch: Switch[object] | None) -> None:
+        """Turn off the previous switch under ``key`` and keep ``switch`` there instead."""
+        previous = self.switches.pop(key, None)
+        if previous is not None:
+            previous.off()
+        if switch is not None:
+            self.switches[key] = switch
+
     def heal(self, model: str) -> None:
         """Clear every failure switch of ``model``."""
-        self.fake.clear_fail(model)
-        self.fake.clear_fail_unload(model)
-        self.fake.release_unload(model)
-        self.fake.clear_drop_reply(model)
-        self.failing.discard(model)
+        for switch in self.failing.pop(model, []):
+            switch.off()
 
     def calm(self) -> None:
-        """Release every hang and clear every server fault (file faults stay)."""
+        """Release every hang and clear every server fault (file faults and delays stay)."""
         for model in sorted(self.hung):
-            self.fake.release(model)
-        self.hung.clear()
+            self.hung.pop(model).off()
         for model in sorted(self.failing):
             self.heal(model)
-        self.fake.set_health_fault(None)
+        self.switch("health", None)
 
 
 # -- what the test sees of the traffic ----------------------------------------------------

@@ -46,7 +46,7 @@ from slotfsm import (
 )
 from slotfsm.errors import Failure
 from slotfsm.stream import TransitionStream
-from slotfsm.testing import FakeLemonade, FakeModel
+from slotfsm.testing import FakeLemonade, FakeModel, Hang
 
 pytestmark = pytest.mark.anyio
 
@@ -128,9 +128,9 @@ async def settle(ctl: Controller, changes: TransitionStream, slot: str) -> SlotS
     return ctl.snapshot(slot)
 
 
-async def cancel_a_caller_of_a_hung_load(fake: FakeLemonade, ctl: Controller) -> None:
+async def cancel_a_caller_of_a_hung_load(fake: FakeLemonade, ctl: Controller) -> Hang:
     """Start ``load("b", "beta")`` on a hung server, then cancel the caller."""
-    fake.hang("beta")
+    hang = fake.hanging("beta")
     with anyio.fail_after(5):
         async with anyio.create_task_group() as caller:
             caller.start_soon(ctl.load, "b", "beta")
@@ -139,6 +139,7 @@ async def cancel_a_caller_of_a_hung_load(fake: FakeLemonade, ctl: Controller) ->
     # The caller is gone; its command is not.
     assert ctl.snapshot("b").state is SlotState.LOADING
     assert fake.loads_in_flight == 1
+    return hang
 
 
 @pytest.mark.parametrize("outcome", ["answered", "failed"])
@@ -149,10 +150,10 @@ async def test_a_cancelled_caller_leaves_its_load_to_finish_truthfully(
     async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
         await ctl.load("a", "alpha")
         async with ctl.transitions() as changes:
-            await cancel_a_caller_of_a_hung_load(fake, ctl)
+            hang = await cancel_a_caller_of_a_hung_load(fake, ctl)
             if outcome == "failed":
-                fake.fail("beta", "llama-server failed to start")  # and it evicts everything
-            fake.release("beta")
+                fake.failing("beta", "llama-server failed to start")  # and it evicts everything
+            hang.off()
             with anyio.fail_after(5):
                 snap = await settle(ctl, changes, "b")
         if outcome == "answered":
@@ -168,7 +169,6 @@ async def test_a_cancelled_caller_leaves_its_load_to_finish_truthfully(
             assert a.error is not None and a.error.kind is PreloadError.EVICTED
         assert [r.body["model_name"] for r in fake.loads()] == ["alpha", "beta"]  # once each
         # The slot is not corrupted: the next command works.
-        fake.clear_fail("beta")
         snap = await ctl.load("b", "gamma")
         assert (snap.state, snap.model, snap.error) == (SlotState.LOADED, "gamma", None)
         assert "gamma" in fake.loaded_models() and "beta" not in fake.loaded_models()
@@ -182,7 +182,7 @@ async def test_a_cancelled_caller_leaves_its_load_to_time_out_truthfully(
     async with make_controller(SlotConfig("a"), SlotConfig("b", load_timeout=30)) as ctl:
         await ctl.load("a", "alpha")
         async with ctl.transitions() as changes:
-            await cancel_a_caller_of_a_hung_load(fake, ctl)
+            hang = await cancel_a_caller_of_a_hung_load(fake, ctl)
             started = anyio.current_time()
             snap = await settle(ctl, changes, "b")  # nobody waits for it, the timer still runs
         assert anyio.current_time() - started == pytest.approx(30, abs=0.1)
@@ -193,7 +193,7 @@ async def test_a_cancelled_caller_leaves_its_load_to_time_out_truthfully(
         assert snap.cleanups == ("beta",)
         assert len(fake.loads()) == 2  # alpha, and beta once: never retried
         async with ctl.transitions() as changes:
-            fake.release("beta")  # it arrives late: unloaded at once
+            hang.off()  # it arrives late: unloaded at once
             with anyio.fail_after(5):
                 async for record in changes:
                     if record.trigger == "cleanup":
@@ -210,7 +210,7 @@ async def test_a_cancelled_caller_of_a_postponed_command_does_not_withdraw_it(
 ) -> None:
     """A command waiting behind a busy slot still runs after its caller gave up."""
     async with make_controller(SlotConfig("chat")) as ctl:
-        fake.hang("alpha")
+        hang = fake.hanging("alpha")
         async with ctl.transitions() as changes:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as first:
@@ -220,7 +220,7 @@ async def test_a_cancelled_caller_of_a_postponed_command_does_not_withdraw_it(
                         second.start_soon(ctl.load, "chat", "beta")
                         await anyio.wait_all_tasks_blocked()  # beta waits behind alpha
                         second.cancel_scope.cancel()
-                    fake.release("alpha")
+                    hang.off()
                 while (
                     ctl.snapshot("chat").model != "beta" or not ctl.snapshot("chat").state.settled
                 ):
@@ -320,7 +320,7 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
 async def test_leaving_the_controller_during_a_hung_load_returns_promptly(
     fake: FakeLemonade, make_controller: ControllerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.hang("beta")  # never released: leaving cannot have waited for it
+    fake.hanging("beta")  # never released: leaving cannot have waited for it
     ctl = make_controller(SlotConfig("a"), SlotConfig("b"))
     await leave_while(fake, ctl, caplog, "b", "beta", partial(fake.wait_hanging, "beta"))
     assert [r.body["model_name"] for r in fake.loads()] == ["alpha", "beta"]
@@ -558,9 +558,9 @@ async def test_every_slot_tells_the_truth_once_concurrent_loads_return(
     handled that reading before ``load()`` returns; so once both loads have
     returned, no slot may still claim alpha.
     """
-    fake.fail("gamma", "llama-server failed to start")
+    fake.failing("gamma", "llama-server failed to start")
     async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
-        fake.hang("alpha")
+        hang = fake.hanging("alpha")
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg, ctl.transitions() as changes:
                 tg.start_soon(ctl.load, "a", "alpha")
@@ -570,7 +570,7 @@ async def test_every_slot_tells_the_truth_once_concurrent_loads_return(
                     await changes.__anext__()
                 await anyio.wait_all_tasks_blocked()  # gamma's /load waits behind alpha's
                 assert fake.loads_in_flight == 2
-                fake.release("alpha")  # alpha loads; gamma's start fails and evicts it
+                hang.off()  # alpha loads; gamma's start fails and evicts it
         assert fake.loaded_models() == []
         assert fake.evict_all_count == 1
         a = ctl.snapshot("a")
@@ -591,7 +591,7 @@ async def test_a_timed_out_reload_is_not_forgotten(
     slots = SlotConfig("a", load_timeout=5), SlotConfig("b", load_timeout=60)
     async with make_controller(*slots) as ctl:
         await ctl.load("a", "alpha")
-        fake.hang("beta")
+        hang = fake.hanging("beta")
         async with anyio.create_task_group() as tg, ctl.transitions() as changes:
             tg.start_soon(ctl.load, "b", "beta")
             await fake.wait_hanging("beta")
@@ -603,7 +603,7 @@ async def test_a_timed_out_reload_is_not_forgotten(
             while ctl.snapshot("a").state is not SlotState.LOADING:
                 await changes.__anext__()
             await anyio.wait_all_tasks_blocked()  # gamma's /load waits behind beta's
-            fake.release("beta")
+            hang.off()
         snap = ctl.snapshot("a")
         assert (snap.state, snap.model) == (SlotState.LOADED, "gamma")
         await ctl.refresh()
@@ -646,12 +646,12 @@ async def test_the_unload_of_a_late_arrival_survives_the_next_command(
     slots = SlotConfig("a", load_timeout=5), SlotConfig("b", load_timeout=60)
     async with make_controller(*slots, transport=network) as ctl:
         await ctl.load("a", "alpha")
-        fake.hang("beta")
+        hang = fake.hanging("beta")
         async with anyio.create_task_group() as tg:
             tg.start_soon(ctl.load, "b", "beta")
             await fake.wait_hanging("beta")
             await ctl.load("a", "alpha")  # times out; alpha is still on the server
-            fake.release("beta")
+            hang.off()
         await ctl.refresh()  # a sees its stray and sends the unload...
         with anyio.fail_after(5):
             await network.arrived.wait()  # ...which the network holds up
@@ -717,7 +717,7 @@ async def test_a_cancelled_caller_does_not_release_the_claim_of_its_postponed_lo
             with contextlib.suppress(ModelInUseError):  # refusing it is one right answer
                 await ctl.load("b", "beta")
 
-        fake.hang("alpha")
+        hang = fake.hanging("alpha")
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ctl.load, "a", "alpha")
@@ -728,7 +728,7 @@ async def test_a_cancelled_caller_does_not_release_the_claim_of_its_postponed_lo
                     caller.cancel_scope.cancel()  # the caller gives up; the command stays
                 tg.start_soon(load_beta_into_b)
                 await anyio.wait_all_tasks_blocked()
-                fake.release("alpha")
+                hang.off()
             await ctl.reset("a")  # queued behind a's pending load: returns once it ran
         await ctl.refresh()
         snaps = ctl.snapshots()

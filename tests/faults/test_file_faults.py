@@ -6,7 +6,7 @@ When validation fails, no ``/load`` for that model reaches the server.
 
 The four "between validation and /load" tests show the race ADR-0007 §1
 accepts: the file is changed while the slot's ``/load`` is held at the
-server (``fake.hang`` + ``fake.wait_hanging``: validation is over and the
+server (``fake.hanging`` + ``fake.wait_hanging``: validation is over and the
 request has arrived), and the server's answer is set to what Lemonade would
 say about the file it then finds.  slotfsm has sent the ``/load`` once, as
 the ADR accepts, and reports whatever comes back; the next validation of the
@@ -87,7 +87,7 @@ async def load_across_the_race(
     ctl: Controller, fake: FakeLemonade, slot: str, model: str, change: Callable[[], None]
 ) -> SlotSnapshot:
     """Load ``model``; run ``change`` once its ``/load`` is at the server; return the result."""
-    fake.hang(model)
+    hang = fake.hanging(model)
     result: dict[str, SlotSnapshot] = {}
 
     async def load() -> None:
@@ -101,7 +101,7 @@ async def load_across_the_race(
         assert ctl.snapshot(slot).state is SlotState.LOADING
         assert len(loads_of(fake, model)) == 1
         change()
-        fake.release(model)
+        hang.off()
     return result[slot]
 
 
@@ -147,7 +147,7 @@ async def test_file_deleted_between_validation_and_load(
 
     def delete() -> None:
         path.unlink()
-        fake.fail("alpha", f"llama-server failed to start: {path}: No such file or directory")
+        fake.failing("alpha", f"llama-server failed to start: {path}: No such file or directory")
 
     async with fake.serve() as url, controller(url, models.values()) as ctl:
         holds(await ctl.load("b", "beta"), "beta")
@@ -225,7 +225,7 @@ async def test_file_truncated_between_validation_and_load(
 
     def truncate() -> None:
         os.truncate(path, entry.size // 2)
-        fake.fail("alpha", "llama-server failed to start")
+        fake.failing("alpha", "llama-server failed to start")
 
     async with fake.serve() as url, controller(url, models.values()) as ctl:
         holds(await ctl.load("b", "beta"), "beta")
@@ -270,7 +270,7 @@ async def test_file_made_unreadable_between_validation_and_load(
 
     def make_unreadable() -> None:
         path.chmod(0)
-        fake.fail("alpha", f"llama-server failed to start: {path}: Permission denied")
+        fake.failing("alpha", f"llama-server failed to start: {path}: Permission denied")
 
     try:
         async with fake.serve() as url, controller(url, models.values()) as ctl:

@@ -39,6 +39,7 @@ from slotfsm import (
     SlotSnapshot,
     SlotState,
 )
+from slotfsm.lemonade import DEFAULT_MAX_HEALTH_BYTES
 from slotfsm.testing import FakeLemonade, FakeModel, HealthFault
 
 pytestmark = pytest.mark.anyio
@@ -240,7 +241,7 @@ async def test_server_goes_away_during_a_load(
 ) -> None:
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.hang("beta")
+        fake.hanging("beta")
         load, hanging = partial(ctl.load, "b", "beta"), partial(fake.wait_hanging, "beta")
         snap = await stop_the_server_during(server, ctl, "b", SlotState.LOADING, load, hanging)
         failed(
@@ -269,7 +270,7 @@ async def test_server_goes_away_during_an_unload(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.hang_unload("alpha")
+        hung_unload = fake.hanging_unload("alpha")
         unload, hanging = partial(ctl.unload, "a"), partial(fake.wait_hanging_unload, "alpha")
         snap = await stop_the_server_during(server, ctl, "a", SlotState.UNLOADING, unload, hanging)
         # The answer was lost: the slot keeps the model until a reading says it is gone.
@@ -285,7 +286,7 @@ async def test_server_goes_away_during_an_unload(
         holds(ctl.snapshot("b"), "beta")
 
         await server.start()
-        fake.release_unload("alpha")
+        hung_unload.off()
         assert fake.loaded_models() == ["alpha", "beta"]  # the unload never happened
         clean_idle(await ctl.unload("a"))  # an explicit unload tries again, and works
         holds(await ctl.load("c", "gamma"), "gamma")
@@ -305,19 +306,18 @@ async def test_server_that_never_answers_health(
         controller(server.url, models, http_timeout=SHORT_HTTP) as ctl,
     ):
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.set_health_fault(HealthFault.HANG)
         failures = ctl.idle_watcher.failures
-        with anyio.fail_after(PROMPTLY):
-            assert await ctl.refresh() is None
-            # It reached the server and gave up waiting for an answer that never came.
-            assert fake.health_polls()[-1].status is None
-            # A load still works: its re-read of /health times out and is only logged.
-            holds(await ctl.load("b", "beta"), "beta")
-        assert ctl.idle_watcher.failures == failures + 2
-        assert "no complete answer within 0.3 s" in caplog.text or "ReadTimeout" in caplog.text
-        holds(ctl.snapshot("a"), "alpha")
-        assert fake.unloads() == []
-        fake.set_health_fault(None)
+        with fake.health_fault(HealthFault.HANG):
+            with anyio.fail_after(PROMPTLY):
+                assert await ctl.refresh() is None
+                # It reached the server and gave up waiting for an answer that never came.
+                assert fake.health_polls()[-1].status is None
+                # A load still works: its re-read of /health times out and is only logged.
+                holds(await ctl.load("b", "beta"), "beta")
+            assert ctl.idle_watcher.failures == failures + 2
+            assert "no complete answer within 0.3 s" in caplog.text or "ReadTimeout" in caplog.text
+            holds(ctl.snapshot("a"), "alpha")
+            assert fake.unloads() == []
         health = await ctl.refresh()
         assert health is not None and health.names == {"alpha", "beta"}
     assert len(fake.loads()) == 2
@@ -376,7 +376,7 @@ async def test_server_that_never_answers_a_load(
     slots = ["a", SlotConfig("b", load_timeout=SHORT_LOAD), "c"]
     async with loopback(fake) as server, controller(server.url, models, slots) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.hang("beta")
+        hang = fake.hanging("beta")
         with anyio.fail_after(PROMPTLY):
             snap = await ctl.load("b", "beta")
         failed(
@@ -392,7 +392,7 @@ async def test_server_that_never_answers_a_load(
 
         # The load finishes late: it is unloaded at once, once, and b stays in error.
         async with ctl.transitions() as stream:
-            fake.release("beta")
+            hang.off()
             with anyio.fail_after(PROMPTLY):
                 async for record in stream:
                     if record.trigger == "cleanup":
@@ -416,7 +416,7 @@ async def test_500_with_a_nested_error_object_from_load(
 ) -> None:
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.fail("beta", "model file /models/beta.gguf does not exist")  # no evict-all
+        fake.failing("beta", "model file /models/beta.gguf does not exist")  # no evict-all
         snap = await ctl.load("b", "beta")
         failed(
             snap,
@@ -441,8 +441,8 @@ async def test_500_with_a_plain_string_error_from_unload(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.fail_unload("alpha", "backend process 24000 would not stop")
-        snap = await ctl.unload("a")
+        with fake.failing_unload("alpha", "backend process 24000 would not stop"):
+            snap = await ctl.unload("a")
         failed(
             snap,
             SlotState.LOADED,
@@ -454,7 +454,6 @@ async def test_500_with_a_plain_string_error_from_unload(
         assert fake.loaded_models() == ["alpha", "beta"]  # it is still there, and a says why
         holds(ctl.snapshot("b"), "beta")
 
-        fake.clear_fail_unload("alpha")
         clean_idle(await ctl.unload("a"))  # an explicit unload tries again
         holds(await ctl.load("c", "gamma"), "gamma")
     assert [r.status for r in unloads_of(fake, "alpha")] == [500, 200]
@@ -509,11 +508,9 @@ async def test_401_and_the_key_is_shown_nowhere(
     [
         (HealthFault.NOT_JSON, "HTTP 200: body is not JSON"),
         (HealthFault.WRONG_SHAPE, "no model list ('all_models_loaded' or 'loaded')"),
-        (HealthFault.HUGE, "HTTP 200: body larger than 1048576 bytes"),  # refused unread
-        # One bad row costs the whole reading: strict, and blind while it lasts.
-        (HealthFault.NAME_NOT_STRING, "model #0: 'model_name' is not a non-empty string"),
+        (HealthFault.HUGE, f"HTTP 200: body larger than {DEFAULT_MAX_HEALTH_BYTES} bytes"),
     ],
-    ids=["not-json", "wrong-shape", "huge", "name-not-a-string"],
+    ids=["not-json", "wrong-shape", "huge"],  # huge: refused unread
 )
 async def test_a_bad_health_body_reaches_no_slot(
     fake: FakeLemonade,
@@ -527,19 +524,17 @@ async def test_a_bad_health_body_reaches_no_slot(
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
         failures = ctl.idle_watcher.failures
-        fake.set_health_fault(fault)
-        fake.evict_all()  # if the body were guessed at, a slot would now be told something
-        with anyio.fail_after(PROMPTLY):
-            assert await ctl.refresh() is None
-            holds(await ctl.load("c", "gamma"), "gamma")  # its re-read fails, the load stands
-        assert ctl.idle_watcher.failures == failures + 2
-        assert f"health poll failed, trying again next interval: GET /api/v1/health: {fact}" in (
-            caplog.text
-        )
-        holds(ctl.snapshot("a"), "alpha")
-        holds(ctl.snapshot("b"), "beta")
-
-        fake.set_health_fault(None)  # the next good reading tells the truth
+        with fake.health_fault(fault):
+            fake.evict_all()  # if the body were guessed at, a slot would now be told something
+            with anyio.fail_after(PROMPTLY):
+                assert await ctl.refresh() is None
+                holds(await ctl.load("c", "gamma"), "gamma")  # its re-read fails, the load stands
+            assert ctl.idle_watcher.failures == failures + 2
+            logged = f"health poll failed, trying again next interval: GET /api/v1/health: {fact}"
+            assert logged in caplog.text
+            holds(ctl.snapshot("a"), "alpha")
+            holds(ctl.snapshot("b"), "beta")
+        # Off: the next good reading tells the truth.
         assert await ctl.refresh() is not None
         for slot, model in (("a", "alpha"), ("b", "beta")):
             failed(
@@ -550,13 +545,32 @@ async def test_a_bad_health_body_reaches_no_slot(
     assert [r.body["model_name"] for r in fake.loads()] == ["alpha", "beta", "gamma"]
 
 
+async def test_health_listing_a_model_with_a_non_string_name(
+    fake: FakeLemonade, models: dict[str, ModelEntry], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad row is left out and logged; the rest of the reading still tells the truth."""
+    async with loopback(fake) as server, controller(server.url, models) as ctl:
+        holds(await ctl.load("a", "alpha"), "alpha")
+        holds(await ctl.load("b", "beta"), "beta")
+        with fake.health_fault(HealthFault.NAME_NOT_STRING):
+            fake.evict_all()
+            with anyio.fail_after(PROMPTLY):
+                assert await ctl.refresh() is not None
+        assert "model #0: 'model_name' is not a non-empty string" in caplog.text
+        for slot, model in (("a", "alpha"), ("b", "beta")):
+            failed(
+                ctl.snapshot(slot), SlotState.IDLE, PreloadError.EVICTED, f"'{model}' was evicted"
+            )
+    assert fake.unloads() == []
+
+
 # httpx leaves its inner iterators to the garbage collector when a streamed
 # read is abandoned; trio reports that as a ResourceWarning.
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_endless_health_body_is_read_bounded(
     models: dict[str, ModelEntry], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 200 with no Content-Length and a body that never ends: the read stops past 1 MiB."""
+    """A 200 with no Content-Length and a body that never ends: the read stops past the cap."""
     sent: list[int] = []
     cut_off = anyio.Event()
 
@@ -579,8 +593,10 @@ async def test_endless_health_body_is_read_bounded(
             assert await ctl.refresh() is None
             await cut_off.wait()  # the client hung up on the endless body
         clean_idle(ctl.snapshot("a"))
-    assert "GET /api/v1/health: HTTP 200: body larger than 1048576 bytes" in caplog.text
-    assert sent and max(sent) < 64 * 1024 * 1024  # bounded (1 MiB plus socket buffers)
+    assert f"GET /api/v1/health: HTTP 200: body larger than {DEFAULT_MAX_HEALTH_BYTES} bytes" in (
+        caplog.text
+    )
+    assert sent and max(sent) < 64 * 1024 * 1024  # bounded (the cap plus socket buffers)
 
 
 async def test_health_listing_a_model_twice(
@@ -589,7 +605,7 @@ async def test_health_listing_a_model_twice(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.set_duplicate_rows(True)
+        fake.duplicate_rows()
         health = await ctl.refresh()
         assert health is not None
         assert [m.name for m in health.models] == ["alpha", "beta"]  # merged, one each
@@ -664,7 +680,7 @@ async def test_evict_all_caused_by_a_failed_load_from_outside(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.fail("gamma", "llama-server failed to start")
+        fake.failing("gamma", "llama-server failed to start")
         async with httpx.AsyncClient(base_url=server.url) as someone_else:
             answer = await someone_else.post("/api/v1/load", json={"model_name": "gamma"})
         assert answer.status_code == 500
@@ -693,8 +709,8 @@ async def test_load_answer_dropped_after_the_server_loaded_the_model(
     """A dropped connection after the load happened: the slot cannot know, so it must not forget."""
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.drop_reply("beta")  # the load happens; its answer never arrives
-        snap = await ctl.load("b", "beta")
+        with fake.dropping_replies("beta"):  # the load happens; its answer never arrives
+            snap = await ctl.load("b", "beta")
         failed(
             snap,
             SlotState.ERROR,
@@ -705,7 +721,6 @@ async def test_load_answer_dropped_after_the_server_loaded_the_model(
         assert snap.model is None and snap.cleanups == ("beta",)  # a stray, owned by nobody
         assert fake.loaded_models() == ["alpha", "beta"]
         holds(ctl.snapshot("a"), "alpha")
-        fake.clear_drop_reply("beta")
         async with ctl.transitions() as stream:
             clean_idle(await ctl.unload("b"))  # ADR-0007 §3: an explicit unload cleans up...
             with anyio.fail_after(PROMPTLY):
@@ -726,13 +741,12 @@ async def test_unload_answer_dropped_keeps_the_model_until_a_reading_says_it_is_
     """The unload happened but its answer was lost: the slot keeps alpha until /health shows."""
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
-        fake.drop_reply("alpha")  # the unload happens; its answer never arrives
-        snap = await ctl.unload("a")
+        with fake.dropping_replies("alpha"):  # the unload happens; its answer never arrives
+            snap = await ctl.unload("a")
         failed(snap, SlotState.LOADED, PreloadError.UNLOAD_FAILED, "unloading 'alpha' failed")
         assert (snap.model, snap.cleanups) == ("alpha", ())
         assert ctl.ledger.owner_of("alpha") == "a"
         assert fake.loaded_models() == []
-        fake.clear_drop_reply("alpha")
         assert await ctl.refresh() is not None  # the reading does not list it: gone
         snap = ctl.snapshot("a")
         failed(snap, SlotState.IDLE, PreloadError.EVICTED)
@@ -749,8 +763,8 @@ async def test_swap_whose_unload_of_the_old_model_answers_500(
     async with loopback(fake) as server, controller(server.url, models) as ctl:
         holds(await ctl.load("a", "alpha"), "alpha")
         holds(await ctl.load("b", "beta"), "beta")
-        fake.fail_unload("alpha", "backend process 24000 would not stop")
-        snap = await ctl.load("a", "gamma")
+        with fake.failing_unload("alpha", "backend process 24000 would not stop"):
+            snap = await ctl.load("a", "gamma")
         failed(
             snap,
             SlotState.LOADED,
@@ -763,7 +777,6 @@ async def test_swap_whose_unload_of_the_old_model_answers_500(
         assert loads_of(fake, "gamma") == []  # nothing loaded over it
         assert fake.loaded_models() == ["alpha", "beta"]
         holds(ctl.snapshot("b"), "beta")
-        fake.clear_fail_unload("alpha")
         clean_idle(await ctl.unload("a"))  # the slot still owns alpha: an unload reaches it
         assert fake.loaded_models() == ["beta"]
         holds(await ctl.load("c", "gamma"), "gamma")
