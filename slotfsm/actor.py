@@ -42,6 +42,7 @@ from slotfsm.events import (
     Validated,
 )
 from slotfsm.ledger import Answer, Ledger, Phase
+from slotfsm.preflight import same_file
 from slotfsm.rulebook import Outcome, Rulebook, SlotMachine, Step
 from slotfsm.rules import TIMERS
 from slotfsm.snapshot import SlotSnapshot, SlotTransition
@@ -55,6 +56,11 @@ __all__ = ["SlotActor"]
 logger = logging.getLogger("slotfsm")
 
 Validator = Callable[["ModelEntry"], Awaitable[Failure | None]]
+Preflight = Callable[["ModelEntry", SlotConfig], Awaitable[tuple[Failure | None, bool | None]]]
+"""Asks the server, before anything is sent, whether it will load the validated file with
+these options: ``(failure, confirmed)`` (see :mod:`slotfsm.preflight`)."""
+LoadedFile = Callable[[str], "str | None"]
+"""The file the server's latest reading says it loaded for a name, if it says."""
 
 
 class _Reply:
@@ -110,7 +116,9 @@ class SlotActor:
         courier: Courier,
         ledger: Ledger,
         validate: Validator,
+        preflight: Preflight,
         reconcile: Callable[[], Awaitable[None]],
+        loaded_file: LoadedFile = lambda name: None,
         sequence: Callable[[], int],
         publish: Callable[[SlotTransition], None],
         next_id: Callable[[], int] = lambda: 0,
@@ -125,7 +133,9 @@ class SlotActor:
         self._courier = courier
         self._ledger = ledger
         self._validate = validate
+        self._preflight = preflight
         self._reconcile = reconcile
+        self._loaded_file = loaded_file
         self._sequence = sequence
         self._publish = publish
         self._next_id = next_id
@@ -402,6 +412,7 @@ class SlotActor:
             in_use=data.in_use,
             history=tuple(self._history),
             unverified=data.unverified and data.model is not None,
+            checkpoint_confirmed=data.confirmed if data.model is not None else None,
             wall_since=self._since + self._wall_offset,
         )
 
@@ -451,6 +462,10 @@ class SlotActor:
         """
         name = effect.entry.name
         old = effect.replaces
+        self._doing = f"asking the server about {name!r}; nothing sent"
+        refused, confirmed = await self._preflight(effect.entry, self.config)
+        if refused is not None:
+            return LoadFailed(refused, kept=old)
         if old is not None:
             self._doing = f"unloading the old model {old!r}; /load of {name!r} not sent"
             answer, error = await self._courier.unload(self.name, old)
@@ -466,7 +481,7 @@ class SlotActor:
         answer, error = await self._courier.load(self.name, name, self.config.load_options)
         event: Event
         if answer is Answer.DONE:
-            event = LoadSucceeded(name, anyio.current_time(), self._sequence())
+            event = LoadSucceeded(name, anyio.current_time(), self._sequence(), confirmed)
         else:
             failure = Failure(
                 PreloadError.LOAD_FAILED,
@@ -477,6 +492,18 @@ class SlotActor:
             event = LoadFailed(failure)
         self._answered = True
         await self._reconcile()
+        if isinstance(event, LoadSucceeded):
+            loaded = self._loaded_file(name)
+            if loaded is not None and not same_file(loaded, effect.entry.path):
+                warning = Failure(
+                    PreloadError.CHECKPOINT_MISMATCH,
+                    f"the server loaded {loaded!r} for {name!r}, not the validated file",
+                    path=effect.entry.path,
+                    model=name,
+                    expected=effect.entry.path,
+                    found=loaded,
+                )
+                event = attrs.evolve(event, confirmed=False, warning=warning)
         return event
 
     async def _unload(self, model: str) -> Event:

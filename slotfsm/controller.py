@@ -26,7 +26,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Self, overload
 
@@ -42,13 +42,15 @@ from slotfsm.errors import (
     ConfigError,
     ControllerClosedError,
     Failure,
+    PreloadError,
     SlotfsmError,
     UnknownSlotError,
 )
 from slotfsm.events import Cancel, Load, Observed, Reset, Unload, UseChanged
 from slotfsm.idle import IdleWatcher, Reading
 from slotfsm.ledger import Ledger, Phase
-from slotfsm.lemonade import DEFAULT_TIMEOUT, Health, LemonadeClient
+from slotfsm.lemonade import DEFAULT_TIMEOUT, Health, LemonadeClient, LemonadeError
+from slotfsm.preflight import check_args, check_backend, file_for_checkpoint, same_file
 from slotfsm.preload import FingerprintCache, HashPolicy, validate
 from slotfsm.registry import ModelEntry, Registry
 from slotfsm.rulebook import Rulebook
@@ -137,6 +139,8 @@ class Controller:
         self._cache_path = cache_path
         self._cache_dirty: anyio.Event | None = None
         self._allow_unverified = bool(allow_unverified)
+        self._checkpoints: dict[str, str | None] = {}  # name -> the server's checkpoint
+        self._system: Mapping[str, str] | None = None  # llama.cpp backends and their states
         self._wall_offset = 0.0
         self._state_path = state_path
         self._history = history
@@ -239,7 +243,9 @@ class Controller:
             courier=self._courier,
             ledger=self._ledger,
             validate=self._validate,
+            preflight=self._preflight,
             reconcile=self._reconcile_after_load,
+            loaded_file=self._loaded_file,
             sequence=self._sequence,
             publish=self._on_transition,
             next_id=self._hub.next_id,
@@ -394,6 +400,7 @@ class Controller:
         loaded model that left the registry is still idle-unloaded.
         """
         self._registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self._checkpoints.clear()
         if self._running:
             now = anyio.current_time()
             record = SlotTransition(
@@ -567,6 +574,70 @@ class Controller:
         if self._cache_dirty is not None and self._cache.dirty:
             self._cache_dirty.set()
         return failure
+
+    async def _preflight(
+        self, entry: ModelEntry, config: SlotConfig
+    ) -> tuple[Failure | None, bool | None]:
+        """Ask the server what a ``/load`` would do, before anything is sent (ADR-0007 §1).
+
+        Options the server would answer with an evict-all are refused
+        (``OPTION_REFUSED``); a registry path that is not the file the server
+        loads for the name is refused (``CHECKPOINT_MISMATCH``).  Returns the
+        refusal, and whether the server's file was confirmed (``None``: it
+        could not tell).  A server that cannot answer these questions is not
+        guessed at.  Answers are kept per name until the registry is replaced.
+        """
+        options = config.load_options
+        refused = check_args(entry.name, options)
+        if refused is None and options.get("llamacpp_backend") not in (None, "auto"):
+            refused = check_backend(entry.name, options, await self._backends())
+        if refused is not None:
+            return refused, None
+        checkpoint = await self._checkpoint(entry.name)
+        loads = await anyio.to_thread.run_sync(file_for_checkpoint, checkpoint)
+        if loads is None:
+            return None, None
+        if await anyio.to_thread.run_sync(same_file, loads, entry.path):
+            return None, True
+        failure = Failure(
+            PreloadError.CHECKPOINT_MISMATCH,
+            f"the server loads {str(loads)!r} for {entry.name!r}, not the registry's file;"
+            " nothing sent",
+            path=entry.path,
+            model=entry.name,
+            expected=entry.path,
+            found=str(loads),
+        )
+        return failure, None
+
+    async def _backends(self) -> Mapping[str, str] | None:
+        if self._system is None:
+            try:
+                info = await self._client.system_info()
+            except LemonadeError as exc:
+                logger.info("system-info unavailable, backends not checked: %s", exc)
+                return None
+            self._system = info.llamacpp_backends
+        return self._system
+
+    async def _checkpoint(self, name: str) -> str | None:
+        if name not in self._checkpoints:
+            try:
+                info = await self._client.model_info(name)
+            except LemonadeError as exc:
+                logger.info("cannot ask the server which file %s is: %s", name, exc)
+                return None
+            if info.id != name:
+                logger.warning(
+                    "the server calls %s %r; /health rows are matched by %r", name, info.id, name
+                )
+            self._checkpoints[name] = info.checkpoint
+        return self._checkpoints[name]
+
+    def _loaded_file(self, name: str) -> str | None:
+        reading = self._watcher.last
+        row = reading.health.get(name) if reading is not None else None
+        return row.model_file if row is not None else None
 
     async def _keep_cache_file(self) -> None:
         assert self._cache_dirty is not None

@@ -92,7 +92,9 @@ async def run_demo(out: TextIO = sys.stdout, *, color: bool = False) -> list[str
             write_model(directory, "slow-model"),
             write_model(directory, "crashing-model"),
         ]
-        fake = FakeLemonade([FakeModel(e.name) for e in entries], max_models={"llm": -1})
+        fake = FakeLemonade(
+            [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
+        )
         slots = [
             SlotConfig("chat", load_timeout=2.0, idle_timeout=1.5),
             SlotConfig("code", load_timeout=2.0, idle_timeout=1.5),

@@ -128,6 +128,10 @@ class LoadSucceeded:
     model: str
     at: float
     seq: int = 0
+    confirmed: bool | None = None
+    """The server's file for the name is the one validated (``None``: it cannot tell)."""
+    warning: Failure | None = None
+    """Loaded, but something is off (the server reports loading a different file)."""
 
 
 @attrs.frozen

@@ -163,12 +163,13 @@ def loaded(
         model=event.model,
         target=None,
         leaving=None,
-        error=None,
+        error=event.warning,
         last_use=None,
         seen=False,
         used_at=event.at,
         loaded_seq=event.seq,
         unverified=data.target is not None and not data.target.verified,
+        confirmed=event.confirmed,
     )
     return new, _NONE
 

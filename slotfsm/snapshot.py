@@ -90,7 +90,10 @@ class SlotSnapshot:
     refused by validation leaves the slot ``LOADED`` with its old ``model`` and
     the validation failure in ``error``.  ``target`` is the model being
     validated or loaded; ``unverified`` is true when ``model`` was loaded
-    without a sha256 to check (allowed explicitly).  From the controller's
+    without a sha256 to check (allowed explicitly); ``checkpoint_confirmed`` is
+    true when the server said which file it loads for the name and it is the
+    one validated, ``None`` when the server could not tell (a hub model: no
+    guess is made).  From the controller's
     ledger: ``leaving`` names the models the slot is unloading (a swap's old
     model stays the slot's until its unload is answered); ``cleanups`` the
     models the slot's work may have left on the server with nobody managing
@@ -114,6 +117,7 @@ class SlotSnapshot:
     history: tuple[SlotTransition, ...] = ()
     unverified: bool = False
     wall_since: float | None = None
+    checkpoint_confirmed: bool | None = None
 
     @property
     def stray(self) -> str | None:
@@ -145,6 +149,7 @@ class SlotSnapshot:
             "since_monotonic": self.since,
             "in_use": self.in_use,
             "unverified": self.unverified,
+            "checkpoint_confirmed": self.checkpoint_confirmed,
         }
         if history:
             view["history"] = [t.to_dict() for t in self.history]

@@ -47,7 +47,9 @@ class SlotData:
       load's answer; ``gone_seq``: the latest observation, while loading, that
       did not list the target.
     * ``in_use``: callers inside ``Controller.in_use``; ``unverified``: ``model``
-      was loaded without a sha256 to check (allowed explicitly).
+      was loaded without a sha256 to check (allowed explicitly);
+      ``confirmed``: the server said which file it loads for the name and it is
+      the one validated (``None``: the server could not tell, e.g. a hub model).
 
     What the server may hold *because of* the slot beyond this (late arrivals
     of abandoned loads, unknown outcomes) is not slot data: it lives in the
@@ -65,3 +67,4 @@ class SlotData:
     gone_seq: int = 0
     in_use: int = 0
     unverified: bool = False
+    confirmed: bool | None = None

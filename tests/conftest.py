@@ -77,7 +77,9 @@ def models(tmp_path: Path) -> dict[str, ModelEntry]:
 @pytest.fixture
 def fake(models: dict[str, ModelEntry]) -> FakeLemonade:
     """A fake server that knows every model and keeps any number of them loaded."""
-    return FakeLemonade([FakeModel(name) for name in models], max_models={"llm": -1})
+    return FakeLemonade(
+        [FakeModel.for_file(n, e.path) for n, e in models.items()], max_models={"llm": -1}
+    )
 
 
 @pytest.fixture

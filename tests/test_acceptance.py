@@ -30,7 +30,9 @@ pytestmark = pytest.mark.anyio
 
 
 def served(models: dict[str, ModelEntry], *names: str) -> FakeLemonade:
-    return FakeLemonade([FakeModel(n) for n in names], max_models={"llm": -1})
+    return FakeLemonade(
+        [FakeModel.for_file(n, models[n].path) for n in names], max_models={"llm": -1}
+    )
 
 
 async def test_corrupt_gguf_enters_error_without_load(models: dict[str, ModelEntry]) -> None:
@@ -76,7 +78,7 @@ async def test_nuclear_evict_all_not_triggered_by_prevalidation_failure(
         # The control experiment: a model that passes validation but fails on the
         # server does trigger the evict-all, and slotfsm reports it on slot a.
         fake.failing("beta", "llama-server failed to start")
-        fake.add_model(FakeModel("beta"))
+        fake.add_model(FakeModel.for_file("beta", models["beta"].path))
         snap = await ctl.load("b", "beta")
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_FAILED
         assert fake.evict_all_count == 1

@@ -125,8 +125,13 @@ async def test_swap_unloads_the_old_model_first(
         snap = await ctl.load("chat", "beta")
         assert (snap.state, snap.model, snap.error) == (SlotState.LOADED, "beta", None)
         routes = [(r.route, r.body) for r in fake.requests[sent:] if r.route != "health"]
-        assert routes == [("unload", {"model_name": "alpha"}), ("load", {"model_name": "beta"})]
+        assert routes == [
+            ("model", None),  # which file is beta? asked before anything changes
+            ("unload", {"model_name": "alpha"}),
+            ("load", {"model_name": "beta"}),
+        ]
         assert fake.loaded_models() == ["beta"]
+        assert snap.checkpoint_confirmed is True
 
 
 async def test_load_failure_and_the_evict_all_it_causes_are_reported(

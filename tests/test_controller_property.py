@@ -84,7 +84,9 @@ async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]
             name = model_name(slot, kind)
             entries.append(write_model(directory, name, flaw=FLAWS.get(kind)))
             if kind != "gone":
-                fake.add_model(FakeModel(name))  # "gone": the server does not know it
+                fake.add_model(
+                    FakeModel.for_file(name, entries[-1].path)
+                )  # "gone": the server does not know it
         fake.hanging(model_name(slot, "hang"))
         fake.failing(model_name(slot, "crash"), "llama-server failed to start")
     tracker = LoadTracker(fake.transport())

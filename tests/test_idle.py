@@ -94,7 +94,7 @@ async def test_a_model_whose_last_use_keeps_changing_stays(
 
 @virtual
 async def test_server_reported_busy_model_stays(models: dict[str, ModelEntry]) -> None:
-    fake = FakeLemonade([FakeModel("alpha")], newer_fields=True)
+    fake = FakeLemonade([FakeModel.for_file("alpha", models["alpha"].path)], newer_fields=True)
     async with Controller(
         lemonade_url="http://lemonade",
         registry=[models["alpha"]],
@@ -205,7 +205,9 @@ async def test_a_slow_health_never_overlaps(
 
 @virtual
 async def test_server_lru_eviction_is_seen_at_once(models: dict[str, ModelEntry]) -> None:
-    fake = FakeLemonade([FakeModel(n) for n in ("alpha", "beta")])  # one llm at a time
+    fake = FakeLemonade(
+        [FakeModel.for_file(n, models[n].path) for n in ("alpha", "beta")]
+    )  # one llm
     async with Controller(
         lemonade_url="http://lemonade",
         registry=[models["alpha"], models["beta"]],
@@ -275,7 +277,7 @@ async def test_a_failed_idle_unload_keeps_the_model_with_an_error_and_others_go_
 async def test_late_arrival_after_a_timeout_is_unloaded_not_adopted(
     models: dict[str, ModelEntry],
 ) -> None:
-    fake = FakeLemonade([FakeModel("alpha")])
+    fake = FakeLemonade([FakeModel.for_file("alpha", models["alpha"].path)])
     slot = SlotConfig("chat", load_timeout=0.2)
     async with served_controller(fake, [models["alpha"]], slot, poll_interval=60.0) as ctl:
         hang = fake.hanging("alpha")
@@ -302,7 +304,7 @@ async def test_unload_real_time_over_loopback(models: dict[str, ModelEntry]) -> 
     How soon after the deadline the unload comes is for the virtual-time test
     above (the first poll past it); in real time it depends on the machine.
     """
-    fake = FakeLemonade([FakeModel("alpha")])
+    fake = FakeLemonade([FakeModel.for_file("alpha", models["alpha"].path)])
     slot = SlotConfig("chat", idle_timeout=1.0)
     async with (
         served_controller(fake, [models["alpha"]], slot, poll_interval=0.2) as ctl,

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.anyio
 async def served(
     models: dict[str, ModelEntry],
 ) -> AsyncIterator[tuple[FakeLemonade, Callable[..., Controller]]]:
-    fake = FakeLemonade([FakeModel(n) for n in ("alpha", "beta")], max_models={"llm": -1})
+    fake = FakeLemonade(
+        [FakeModel.for_file(n, models[n].path) for n in ("alpha", "beta")], max_models={"llm": -1}
+    )
     async with fake.serve() as url:
 
         def build(*slots: SlotConfig) -> Controller:

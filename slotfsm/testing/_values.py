@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from typing import Any, ClassVar
 
 import attrs
@@ -109,6 +110,15 @@ class FakeModel:
         """The names ``/load``, ``/unload`` and ``/api/v1/models/{name}`` accept for it."""
         prefix = _NAME_PREFIX[self.source]
         return (self.name, prefix + self.name) if prefix else (self.name,)
+
+    @classmethod
+    def for_file(cls, name: str, path: str | os.PathLike[str], **fields: Any) -> FakeModel:
+        """The model as the server registers a file of its models folder: ``name`` at ``path``.
+
+        Its checkpoint (and the file ``/health`` says it loads) is ``path``, so
+        a controller validating that file finds the server agrees.
+        """
+        return cls(name, checkpoint=os.fspath(path), **fields)
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:

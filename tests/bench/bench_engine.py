@@ -156,7 +156,9 @@ async def _cycle(actor: SlotActor, entry: ModelEntry) -> None:
 async def end_to_end(slots: int, directory: str) -> tuple[float, float, int]:
     """(events per second, seconds, /health reads) for a real Controller and the fake."""
     entries = [write_model(directory, f"m{i}", size=1024) for i in range(slots)]
-    fake = FakeLemonade([FakeModel(e.name) for e in entries], max_models={"llm": -1})
+    fake = FakeLemonade(
+        [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
+    )
     configs = [SlotConfig(f"s{i}", idle_timeout=0) for i in range(slots)]
     async with Controller(
         lemonade_url="http://lemonade",

@@ -136,7 +136,7 @@ class World:
                 flaw = BAD[kind][0] if kind in BAD else None
                 self.entries.append(write_model(directory, name, flaw=flaw))
                 if kind != GONE:
-                    self.fake.add_model(FakeModel(name))
+                    self.fake.add_model(FakeModel.for_file(name, self.entries[-1].path))
         self.hung: dict[str, Switch[object]] = {}
         self.failing: dict[str, list[Switch[object]]] = {}
         self.switches: dict[str, Switch[object]] = {}

@@ -304,7 +304,7 @@ async def test_leaving_the_controller_during_a_hash_returns_promptly(
     with path.open("wb") as file:
         file.truncate(size)
     models["big"] = ModelEntry(name="big", path=path, sha256="0" * 64, size=size, gguf=False)
-    fake.add_model(FakeModel("big"))
+    fake.add_model(FakeModel.for_file("big", path))
     started, hashed = progress_signal(monkeypatch, "big")
     ctl = make_controller(SlotConfig("a"), SlotConfig("big"))
 

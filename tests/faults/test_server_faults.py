@@ -465,7 +465,9 @@ async def test_500_with_a_plain_string_error_from_unload(
 async def test_401_and_the_key_is_shown_nowhere(
     models: dict[str, ModelEntry], caplog: pytest.LogCaptureFixture, api_key: str | None
 ) -> None:
-    fake = FakeLemonade([FakeModel(name) for name in models], api_key=SERVER_KEY)
+    fake = FakeLemonade(
+        [FakeModel.for_file(n, e.path) for n, e in models.items()], api_key=SERVER_KEY
+    )
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     async with (
         loopback(fake) as server,
@@ -653,8 +655,8 @@ async def test_server_restarting_with_nothing_loaded(
 
 
 async def test_server_lru_evicts_a_slots_model(models: dict[str, ModelEntry]) -> None:
-    catalog = [FakeModel(n) for n in models if n != "delta"] + [
-        FakeModel("delta", type="embedding")
+    catalog = [FakeModel.for_file(n, e.path) for n, e in models.items() if n != "delta"] + [
+        FakeModel.for_file("delta", models["delta"].path, type="embedding")
     ]
     fake = FakeLemonade(catalog)  # the server's default: one model per type
     async with loopback(fake) as server, controller(server.url, models) as ctl:
