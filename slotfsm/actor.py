@@ -31,6 +31,7 @@ from slotfsm.courier import Courier
 from slotfsm.errors import ControllerClosedError, Failure, PreloadError
 from slotfsm.events import (
     CallLoad,
+    Cancel,
     Effect,
     Event,
     LoadFailed,
@@ -151,6 +152,7 @@ class SlotActor:
         self._since = 0.0
         self._doing = ""  # what the load work is doing now, for the timer's message
         self._answered = False  # the load of the current visit to ``loading`` answered
+        self._unload_sent = False  # the swap's unload of the old model has gone out
         self._task_group: TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._sync()
@@ -234,6 +236,8 @@ class SlotActor:
             logger.debug("slot %s: refused stale %s", self.name, event.trigger)
             return
         before = self._machine.data
+        if isinstance(event, Cancel) and event.kept is None and self._kept() is not None:
+            event = attrs.evolve(event, kept=self._kept())
         if event.trigger.is_command and self._postponed and not self.state.settled:
             self._postponed.append(envelope)  # commands take effect in the order given
             return
@@ -298,8 +302,10 @@ class SlotActor:
         for scope in self._work:
             scope.cancel()
         self._work.clear()
+        self._courier.abandon(self.name)
         self._doing = ""
         self._answered = False
+        self._unload_sent = False
         self._epoch += 1
         self._since = anyio.current_time()
 
@@ -354,7 +360,11 @@ class SlotActor:
             expected=f"a loaded model within {seconds:g} s",
             found=f"still {doing}",
         )
-        return LoadTimedOut(failure)
+        return LoadTimedOut(failure, kept=self._kept())
+
+    def _kept(self) -> str | None:
+        """The old model of a swap whose unload has not gone out: the slot still holds it."""
+        return None if self._unload_sent else self._machine.data.leaving
 
     def _record(self, step: Step, before: SlotData, at: float | None) -> None:
         """Keep and publish a transition (a change of state, or a guarded internal one).
@@ -468,6 +478,7 @@ class SlotActor:
             return LoadFailed(refused, kept=old)
         if old is not None:
             self._doing = f"unloading the old model {old!r}; /load of {name!r} not sent"
+            self._unload_sent = True
             answer, error = await self._courier.unload(self.name, old)
             if answer not in (Answer.DONE, Answer.NOT_LOADED):
                 failure = Failure(

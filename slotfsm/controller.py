@@ -594,10 +594,11 @@ class Controller:
         if refused is not None:
             return refused, None
         checkpoint = await self._checkpoint(entry.name)
-        loads = await anyio.to_thread.run_sync(file_for_checkpoint, checkpoint)
+        # A stat or two, inline like the checks of a cached validation (ADR-0007 §1).
+        loads = file_for_checkpoint(checkpoint)
         if loads is None:
             return None, None
-        if await anyio.to_thread.run_sync(same_file, loads, entry.path):
+        if same_file(loads, entry.path):
             return None, True
         failure = Failure(
             PreloadError.CHECKPOINT_MISMATCH,

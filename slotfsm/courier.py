@@ -58,6 +58,7 @@ class Courier:
         self._cleaning: dict[str, anyio.Event] = {}
         self._origins: dict[str, str | None] = {}
         self._again: set[str] = set()
+        self._waited: dict[str, set[Ticket]] = {}  # slot -> the requests it waits for
         self.cleanups = 0
         """How many clean-up ``/unload`` requests were sent."""
 
@@ -100,15 +101,30 @@ class Courier:
         send = functools.partial(self._client.unload, name)
         self._task_group().start_soon(self._run, ticket, send, None)
 
+    def abandon(self, slot: str) -> None:
+        """``slot`` stops waiting for its requests (its state changed): record it now.
+
+        The requests go on; the ledger counts each unanswered ``/load`` as an
+        arrival from this moment, not from when the waiting task wakes up.
+        """
+        for ticket in self._waited.pop(slot, ()):
+            if ticket.answer is None:
+                self._ledger.abandoned(ticket)
+
     async def _wait(self, ticket: Ticket, request: Callable[[], Awaitable[object]]) -> Outcome:
         done = anyio.Event()
         box: list[Outcome] = []
+        assert ticket.slot is not None
+        waited = self._waited.setdefault(ticket.slot, set())
+        waited.add(ticket)
         self._task_group().start_soon(self._run, ticket, request, (done, box))
         try:
             await done.wait()
         except BaseException:
             self._ledger.abandoned(ticket)
             raise
+        finally:
+            waited.discard(ticket)
         return box[0]
 
     async def _run(

@@ -91,10 +91,12 @@ class Cancel:
     """Stop what the slot is doing now (validation, or a load the slot waits for).
 
     Not a queued command: it acts on the busy state at once, and the commands
-    queued behind it still run.
+    queued behind it still run.  ``kept`` is filled in by the slot's actor: the
+    old model of a swap whose unload was not sent yet (the slot still holds it).
     """
 
     trigger: ClassVar[Trigger] = Trigger.CANCEL
+    kept: str | None = None
 
 
 @attrs.frozen
@@ -149,10 +151,15 @@ class LoadFailed:
 
 @attrs.frozen
 class LoadTimedOut:
-    """The ``loading`` state timer fired before the load finished (ADR-0007 §3)."""
+    """The ``loading`` state timer fired before the load finished (ADR-0007 §3).
+
+    ``kept`` names the old model of a swap whose unload was not sent yet: the
+    slot still holds it.
+    """
 
     trigger: ClassVar[Trigger] = Trigger.LOAD_TIMEOUT
     failure: Failure
+    kept: str | None = None
 
 
 @attrs.frozen

@@ -101,6 +101,8 @@ class Entry:
     """The clean-up ``/unload`` is in flight."""
     settled_seq: int = 0
     """The sequence number taken when the latest request for the name was answered."""
+    gone: bool = False
+    """The owner's unload of it was answered (200 or 404) with no load in flight meanwhile."""
     loads_seen: int = 0
     """Loads of this name sent or answered so far: an unload proves absence only if none
     happened while it was in flight."""
@@ -232,6 +234,8 @@ class Ledger:
                 continue
             if entry.phase is Phase.LEAVING and entry.unloads:
                 continue  # owned until its unload is answered
+            if entry.phase is Phase.LEAVING and not entry.gone:
+                entry.stray = True  # released before its unload went out: still there
             entry.owner, entry.phase, entry.origin = None, None, slot
             self._settle(entry)
             touched = True
@@ -241,6 +245,7 @@ class Ledger:
                 raise ModelInUseError(f"model {name!r} is owned by slot {entry.owner!r}")
             if entry.owner != slot or entry.phase is not phase:
                 entry.owner, entry.phase, entry.origin = slot, phase, None
+                entry.gone = False
                 if phase is Phase.HELD:
                     entry.stray = entry.restored = False
                 touched = True
@@ -314,13 +319,14 @@ class Ledger:
             proof = ticket.quiet_since == entry.loads_seen  # no load sent or answered meanwhile
             if answer in (Answer.DONE, Answer.NOT_LOADED) and proof:
                 entry.stray = False
+                entry.gone = True
             elif answer in (Answer.REFUSED, Answer.LOST):
                 entry.stray = True
-            if entry.phase is Phase.LEAVING and not entry.unloads and entry.owner is not None:
-                if answer in (Answer.DONE, Answer.NOT_LOADED):
-                    pass  # the owner's step (Unloaded) releases it
-                elif ticket.abandoned:  # the slot gave up on it: nobody manages it now
-                    entry.origin, entry.owner, entry.phase = entry.owner, None, None
+            leaving = entry.phase is Phase.LEAVING and entry.owner is not None
+            if leaving and not entry.unloads and ticket.abandoned:
+                # The slot gave up waiting (its load timer fired during a swap): the
+                # answer settles it here, since no step of the slot's will.
+                entry.origin, entry.owner, entry.phase = entry.owner, None, None
         needs_cleanup = entry.owner is None and answer is Answer.DONE and ticket.kind == "load"
         self._settle(entry)
         self._changed()
@@ -351,6 +357,9 @@ class Ledger:
             if entry.owner is not None:
                 continue
             if entry.name in health:
+                if entry.restored:  # what an earlier controller left in flight has landed
+                    entry.restored, entry.stray = False, True
+                    touched = True
                 if not entry.unloads and not entry.cleaning:
                     cleanups.append(entry.name)
             elif not entry.pending and not entry.restored and seq > entry.settled_seq:

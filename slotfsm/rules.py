@@ -24,6 +24,7 @@ from slotfsm.errors import Failure, PreloadError
 from slotfsm.events import (
     CallLoad,
     CallUnload,
+    Cancel,
     Effect,
     Load,
     LoadFailed,
@@ -62,12 +63,12 @@ def passed(data: SlotData, config: SlotConfig, event: Validated) -> bool:
 
 
 def holding_model(data: SlotData, config: SlotConfig, event: object) -> bool:
-    """The slot still holds a model (a refused swap keeps it)."""
-    return data.model is not None
+    """The slot still holds a model (a refused or cancelled swap keeps it)."""
+    return data.model is not None or getattr(event, "kept", None) is not None
 
 
-def kept_old(data: SlotData, config: SlotConfig, event: LoadFailed) -> bool:
-    """The swap stopped before its load: unloading the old model failed, the slot keeps it."""
+def kept_old(data: SlotData, config: SlotConfig, event: LoadFailed | LoadTimedOut) -> bool:
+    """The swap stopped before the old model's unload succeeded: the slot keeps it."""
     return event.kept is not None
 
 
@@ -175,9 +176,9 @@ def loaded(
 
 
 def keep_old_model(
-    data: SlotData, config: SlotConfig, event: LoadFailed
+    data: SlotData, config: SlotConfig, event: LoadFailed | LoadTimedOut
 ) -> tuple[SlotData, tuple[Effect, ...]]:
-    """The old model could not be unloaded: the slot keeps it, the new load was not sent."""
+    """The swap stopped before its old model was unloaded: the slot keeps it, nothing loaded."""
     return attrs.evolve(
         data, model=event.kept, target=None, leaving=None, error=event.failure
     ), _NONE
@@ -195,7 +196,7 @@ def load_failed(
 
 
 def cancelled(
-    data: SlotData, config: SlotConfig, event: object
+    data: SlotData, config: SlotConfig, event: Cancel
 ) -> tuple[SlotData, tuple[Effect, ...]]:
     """``Controller.cancel``: the work stops; a model the slot still holds stays.
 
@@ -204,8 +205,9 @@ def cancelled(
     """
     name = data.target.name if data.target is not None else "?"
     failure = Failure(PreloadError.CANCELLED, f"loading {name!r} was cancelled", model=name)
-    if data.model is not None:
-        return attrs.evolve(data, target=None, leaving=None, error=failure), _NONE
+    model = data.model or event.kept
+    if model is not None:
+        return attrs.evolve(data, model=model, target=None, leaving=None, error=failure), _NONE
     return _emptied(data, error=failure), _NONE
 
 
@@ -390,7 +392,7 @@ RULES: tuple[Rule, ...] = sum(
         on(T.UNLOAD, S.IDLE, do=clear_error),
         on(T.RESET, S.ERROR, to=S.IDLE, do=clear_error),
         on(T.RESET, S.IDLE, S.LOADED, do=clear_error),
-        on(T.CANCEL, S.VALIDATING, to=S.LOADED, do=cancelled, when=holding_model,
+        on(T.CANCEL, S.VALIDATING, S.LOADING, to=S.LOADED, do=cancelled, when=holding_model,
            label="model kept"),
         on(T.CANCEL, S.VALIDATING, S.LOADING, to=S.ERROR, do=cancelled),
         on(T.CANCEL, S.IDLE, S.LOADED, S.UNLOADING, S.ERROR),
@@ -407,6 +409,8 @@ RULES: tuple[Rule, ...] = sum(
         on(T.LOAD_FAILED, S.LOADING, to=S.LOADED, do=keep_old_model, when=kept_old,
            label="old model kept"),
         on(T.LOAD_FAILED, S.LOADING, to=S.ERROR, do=load_failed),
+        on(T.LOAD_TIMEOUT, S.LOADING, to=S.LOADED, do=keep_old_model, when=kept_old,
+           label="old model kept"),
         on(T.LOAD_TIMEOUT, S.LOADING, to=S.ERROR, do=load_failed),
         # unloading
         on(T.UNLOADED, S.UNLOADING, to=S.IDLE, do=unloaded),

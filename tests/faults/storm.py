@@ -483,9 +483,14 @@ class Storm:
                     self.problem(f"{what}: a model the server does not know is loaded")
             elif snap.state is SlotState.LOADED:
                 assert err is not None
-                # A swap whose unload of the old model failed keeps the old model, owned.
-                kept = err.kind is PreloadError.UNLOAD_FAILED and snap.model != model
-                kept = kept and f"{model!r} was not sent, {snap.model!r} is kept" in err.message
+                # A swap that stopped before its old model was unloaded keeps the old
+                # model, owned: its unload failed, or the timer fired (or a cancel came)
+                # before that unload went out.
+                not_sent = f"{model!r} was not sent, {snap.model!r} is kept"
+                kept = snap.model != model and (
+                    (err.kind is PreloadError.UNLOAD_FAILED and not_sent in err.message)
+                    or (err.kind is PreloadError.LOAD_TIMEOUT and "nothing sent" in err.message)
+                )
                 if not (kind == FLIP and err.kind.is_validation) and not kept:
                     self.problem(f"{what}: kept a model with {err}")
             elif err is None or not (
