@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import anyio
@@ -70,6 +70,7 @@ except ImportError as exc:
 
 from slotfsm.controller import Controller
 from slotfsm.errors import SlotfsmError
+from slotfsm.events import Trigger
 from slotfsm.snapshot import Gap, SlotTransition
 from slotfsm.states import SlotState
 from slotfsm.stream import TransitionStream
@@ -96,7 +97,7 @@ class _Histogram:
         """Cumulative ``(le, count)`` pairs, ``+Inf`` last."""
         cumulative: list[tuple[str, float]] = []
         total = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
+        for bound, count in zip(self.bounds, self.counts[:-1], strict=True):
             total += count
             cumulative.append((repr(bound), total))
         cumulative.append(("+Inf", total + self.counts[-1]))
@@ -118,8 +119,8 @@ class SlotCollector:
         self._loads: Counter[str] = Counter()
         self._unloads: Counter[str] = Counter()
         self._failures: Counter[tuple[str, str]] = Counter()
-        self._validation: dict[str, _Histogram] = {}
-        self._load: dict[str, _Histogram] = {}
+        self._validation: defaultdict[str, _Histogram] = defaultdict(self._histogram)
+        self._load: defaultdict[str, _Histogram] = defaultdict(self._histogram)
         self._entered: dict[str, float] = {}  # slot -> when it entered validating or loading
         self.missed = 0
         """Records the counters never saw (gone from the ring, or fallen behind on)."""
@@ -162,20 +163,18 @@ class SlotCollector:
         entered = self._entered.pop(slot, None)
         if entered is not None:
             if record.source is SlotState.VALIDATING and record.dest is SlotState.LOADING:
-                self._histogram(self._validation, slot).observe(record.at - entered)
+                self._validation[slot].observe(record.at - entered)
             elif (
                 record.source is SlotState.LOADING
                 and record.dest is SlotState.LOADED
-                and record.trigger == "load_succeeded"
+                and record.trigger == Trigger.LOAD_SUCCEEDED
             ):
-                self._histogram(self._load, slot).observe(record.at - entered)
+                self._load[slot].observe(record.at - entered)
         if record.dest in (SlotState.VALIDATING, SlotState.LOADING):
             self._entered[slot] = record.at
 
-    def _histogram(self, table: dict[str, _Histogram], slot: str) -> _Histogram:
-        if slot not in table:
-            table[slot] = _Histogram(self._bounds)
-        return table[slot]
+    def _histogram(self) -> _Histogram:
+        return _Histogram(self._bounds)
 
     # -- the Collector protocol ----------------------------------------------------
 

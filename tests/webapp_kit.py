@@ -1,4 +1,4 @@
-"""What the web app's tests need besides fixtures: streaming in process, a chat fake, a relay.
+"""What the web app's tests need besides fixtures: streaming in process, a chat fake, a proxy.
 
 * :class:`StreamingTransport` calls an ASGI app in process like httpx's
   ``ASGITransport``, but hands the response over as it is sent (httpx's waits
@@ -7,7 +7,7 @@
 * :class:`ChatFake` is the fake Lemonade plus a streamed chat completion that
   waits, after its first chunk, until the test lets it go on.
 * :func:`sse_events` reads Server-Sent Events from a streamed response.
-* :class:`Relay` is a loopback TCP relay the browser test can cut and hold,
+* :class:`CuttableProxy` is a loopback TCP proxy the browser test can cut and hold,
   to make a browser's event stream reconnect at a moment of the test's choosing.
 * :func:`serve_app` runs an ASGI app under uvicorn in the test's own event loop.
 """
@@ -143,8 +143,8 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
             event[field] = f"{event[field]}\n{value}" if field in event else value
 
 
-class Relay:
-    """A loopback TCP relay to ``port`` that the test can cut, hold and resume.
+class CuttableProxy:
+    """A loopback TCP proxy to ``port`` that the test can cut, hold and resume.
 
     :meth:`cut` closes every open connection and holds the new ones (accepted,
     but relayed nowhere) until :meth:`resume`.  :attr:`heads` keeps the first
@@ -160,7 +160,7 @@ class Relay:
         self.url = ""
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Relay]:
+    async def running(self) -> AsyncIterator[CuttableProxy]:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         self.url = f"http://127.0.0.1:{listener.extra(anyio.abc.SocketAttribute.local_port)}/"
         async with anyio.create_task_group() as group:

@@ -5,22 +5,12 @@ runs ``ctl`` (and the metrics collector beside it).  ``upstream`` is an
 ``httpx.AsyncClient`` for the same Lemonade Server (its ``base_url``, and its
 API key in its headers if the server wants one): the chat route proxies to it.
 
-=====================================  =============================================================
-``GET /``                              the page: each slot's state, live, and the lifecycle diagram
-``GET /slots``                         ``{"last_id": N, "slots": [snapshot.to_dict(), ...]}``
-``GET /models``                        ``{"models": [name, ...]}``: what the registry can load
-``GET /events``                        Server-Sent Events: ``transition`` events (``id:`` is the
-                                       record's id) and ``gap`` events; resumes after the
-                                       ``Last-Event-ID`` header, else after ``?since=N``, else
-                                       after the latest record
-``POST /slots/{name}/load``            ``{"model": "..."}``; answers the settled snapshot
-``POST /slots/{name}/unload``          answers the settled snapshot
-``POST /slots/{name}/cancel``          answers the settled snapshot
-``POST /slots/{name}/chat/completions`` an OpenAI chat completion on the slot's model, proxied to
-                                       Lemonade; the slot is ``in_use`` until the answer has
-                                       streamed out, so it is never idle-unloaded meanwhile
-``GET /metrics``                       Prometheus text (:class:`slotfsm.metrics.SlotCollector`)
-=====================================  =============================================================
+Routes: ``GET /`` (the page), ``GET /slots``, ``GET /models``, ``GET /events``
+(Server-Sent Events), ``POST /slots/{name}/load`` (``{"model": ...}``),
+``.../unload``, ``.../cancel``, ``POST /slots/{name}/chat/completions`` (a chat
+completion on the slot's model, proxied to Lemonade while the slot is
+``in_use``) and ``GET /metrics``; the README's "Observing" section shows what
+each answers.
 
 ``last_id`` in ``/slots`` is the id of the latest record the snapshots
 reflect: a client that shows the snapshots and then follows
@@ -65,7 +55,7 @@ from slotfsm.metrics import SlotCollector
 from slotfsm.snapshot import Gap
 from slotfsm.stream import TransitionStream
 
-__all__ = ["CHAT_PATH", "KEEPALIVE", "RETRY_MS", "create_app"]
+__all__ = ["Relay", "create_app"]
 
 CHAT_PATH = "/api/v1/chat/completions"
 """Where Lemonade answers chat completions (OpenAI-compatible)."""
@@ -173,11 +163,7 @@ class _Endpoints:
 
     async def events(self, request: Request) -> Response:
         text = request.headers.get("last-event-id") or request.query_params.get("since")
-        since = (
-            _last_id(self.ctl.snapshots())
-            if text is None
-            else _natural(text, "Last-Event-ID or since")
-        )
+        since = _last_id(self.ctl.snapshots()) if text is None else _record_id(text)
         stream = self.ctl.transitions(since=since)
         self.streams.add(stream)
         closing = contextlib.AsyncExitStack()
@@ -256,9 +242,9 @@ def _last_id(snapshots: Mapping[str, SlotSnapshot]) -> int:
     return max((s.history[-1].id for s in snapshots.values() if s.history), default=0)
 
 
-def _natural(text: str, what: str) -> int:
+def _record_id(text: str) -> int:
     if not text.isdigit():
-        raise HTTPException(400, f"{what} must be a record id (a natural number), got {text!r}")
+        raise HTTPException(400, f"Last-Event-ID or since must be a record id, got {text!r}")
     return int(text)
 
 
