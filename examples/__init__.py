@@ -1,0 +1,1 @@
+"""Examples of embedding slotfsm (not part of the installed package)."""
