@@ -71,9 +71,8 @@ async def test_the_collector_counts_what_the_controller_did(
             assert (await ctl.load("chat", "alpha")).state is SlotState.LOADED
             assert (await ctl.load("code", "corrupt")).state is SlotState.ERROR
             await ctl.unload("chat")
-            fake.set_health_fault(HealthFault.SERVER_ERROR)
-            assert await ctl.refresh() is None
-            fake.set_health_fault(None)
+            with fake.health_fault(HealthFault.SERVER_ERROR):
+                assert await ctl.refresh() is None
         # Leaving running() counted every record published until then.
         samples = scrape(registry)
         states = {
@@ -112,7 +111,7 @@ async def test_a_timed_out_load_is_a_failure_and_a_pending_cleanup(
         collector = SlotCollector(ctl)
         registry = CollectorRegistry()
         registry.register(collector)
-        fake.hang("alpha")
+        hang = fake.hanging("alpha")
         async with collector.running():
             snap = await ctl.load("chat", "alpha")
         assert snap.error is not None and snap.error.kind is PreloadError.LOAD_TIMEOUT
@@ -122,7 +121,7 @@ async def test_a_timed_out_load_is_a_failure_and_a_pending_cleanup(
         assert value(samples, "slotfsm_load_seconds_count", slot="chat") is None
         assert ctl.ledger.owed() == ("alpha",)
         assert value(samples, "slotfsm_pending_cleanups") == 1
-        fake.release("alpha")
+        hang.off()
 
 
 async def test_records_gone_from_the_ring_are_counted_as_missed(

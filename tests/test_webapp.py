@@ -122,7 +122,7 @@ async def test_load_unload_cancel_and_what_misuse_answers(
         assert unloaded.status_code == 200 and unloaded.json()["state"] == "idle"
         assert fake.loaded_models() == []
 
-        fake.hang("beta")
+        hang = fake.hanging("beta")
         async with anyio.create_task_group() as group:
             answers: list[httpx.Response] = []
 
@@ -135,7 +135,7 @@ async def test_load_unload_cancel_and_what_misuse_answers(
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "error"
         assert cancelled.json()["error"]["kind"] == "cancelled"
         assert answers[0].json() == cancelled.json()
-        fake.release("beta")
+        hang.off()
 
         for method, path, body, status in [
             ("POST", "/slots/nope/load", {"model": "alpha"}, 404),

@@ -39,8 +39,10 @@ async def serve(host: str, port: int) -> None:
             write_model(directory, "slow-model"),
             write_model(directory, "corrupt-model", flaw=Flaw.SHA256),
         ]
-        fake = FakeLemonade([FakeModel(e.name) for e in entries], max_models={"llm": -1})
-        fake.set_load_delay("slow-model", SLOW_LOAD)
+        fake = FakeLemonade(
+            [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
+        )
+        fake.delaying("slow-model", SLOW_LOAD)
         async with fake.serve() as lemonade_url:
             ctl = Controller(
                 lemonade_url=lemonade_url,
