@@ -189,12 +189,6 @@ class Ledger:
         entries = self._entries
         return self._in_order(n for n in self._ownerless if entries[n].owed)
 
-    def _in_order(self, names: Iterable[str]) -> tuple[str, ...]:
-        found = tuple(names)
-        if len(found) < 2:
-            return found
-        return tuple(sorted(found, key=self._born.__getitem__))
-
     def owners(self) -> tuple[str, ...]:
         """The slots that own a name."""
         return tuple(self._owned)
@@ -445,6 +439,13 @@ class Ledger:
             if origin is not None:
                 self._left.setdefault(origin, {})[name] = None
         entry.owner, entry.phase, entry.origin = owner, phase, origin
+
+    def _in_order(self, names: Iterable[str]) -> tuple[str, ...]:
+        """``names`` in :meth:`entries` order (the order a full scan would find them)."""
+        found = tuple(names)
+        if len(found) < 2:
+            return found
+        return tuple(sorted(found, key=self._born.__getitem__))
 
     def _set_restored(self, entry: Entry, restored: bool) -> None:
         entry.restored = restored

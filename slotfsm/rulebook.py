@@ -190,7 +190,7 @@ class _SharedMachine(Machine):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.models: Any = _Models()
+        self.models: Any = _Models()  # transitions declares a list; it needs only these
 
     def _checked_assignment(self, model: object, name: str, func: object) -> None:
         return None
@@ -200,8 +200,8 @@ class _Models:
     """The machine's models, in the order attached, with constant-time membership and removal.
 
     It offers what ``transitions`` does with its model list: ``in``,
-    ``append``, ``remove``, ``len``, iteration and indexing.  A model is
-    itself (slots compare by identity), as in the list.
+    ``append``, ``remove``, ``len``, iteration and indexing.  Models are told
+    apart by identity, as the list tells slots apart (they have no ``__eq__``).
     """
 
     __slots__ = ("_models",)
