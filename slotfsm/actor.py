@@ -293,6 +293,18 @@ class SlotActor:
         """The slot's current state."""
         return self._machine.state
 
+    @property
+    def interest(self) -> tuple[SlotState, SlotData, SlotConfig] | None:
+        """The state, data and configuration the next event will meet, if nothing is queued.
+
+        ``None`` while the mailbox holds (or is handing over) an event: the
+        slot may not be what it looks like by the time it takes the next one.
+        """
+        mailbox = self._receive.statistics()
+        if mailbox.current_buffer_used or not mailbox.tasks_waiting_receive:
+            return None
+        return self._machine.state, self._machine.data, self._machine.config
+
     def detach(self) -> None:
         """Leave the shared rulebook (after the actor has stopped)."""
         self._rulebook.detach(self._machine)

@@ -22,12 +22,16 @@ refused at connect time never happened and proves nothing either way.
 The ledger is pure bookkeeping: it does no I/O and never waits.  The courier
 (:mod:`slotfsm.courier`) sends the requests and reports their answers here;
 each slot's actor reports what its slot owns after every step.  Everything
-runs on one event loop, and no method awaits, so each call is atomic.
+runs on one event loop, and no method awaits, so each call is atomic.  Its
+indexes (names by owner, by origin, ownerless, restored; claims by name) make
+what a slot or an answer asks cost what that slot or name has, not the size
+of the ledger.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -132,9 +136,16 @@ class Ledger:
         self, sequence: Callable[[], int], changed: Callable[[], None] | None = None
     ) -> None:
         self._entries: dict[str, Entry] = {}
-        self._reserved: Counter[tuple[str, str]] = Counter()
+        self._claims: dict[str, Counter[str]] = {}  # name -> slot -> load commands waiting
         self._sequence = sequence
         self._changed = changed or (lambda: None)
+        # Indexes, kept by _entry, _assign and _settle (dicts as ordered sets):
+        self._born: dict[str, int] = {}  # name -> creation number: entries() order
+        self._births = itertools.count()
+        self._owned: dict[str, dict[str, None]] = {}  # slot -> names it owns
+        self._left: dict[str, dict[str, None]] = {}  # slot -> names whose origin it is
+        self._ownerless: dict[str, None] = {}
+        self._restored: dict[str, None] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -158,20 +169,33 @@ class Ledger:
         return entry.owner if entry is not None else None
 
     def owned_by(self, slot: str, phase: Phase | None = None) -> tuple[str, ...]:
-        """The names ``slot`` owns (in ``phase``, when given)."""
-        return tuple(
-            e.name
-            for e in self._entries.values()
-            if e.owner == slot and (phase is None or e.phase is phase)
-        )
+        """The names ``slot`` owns (in ``phase``, when given), in :meth:`entries` order."""
+        owned = self._owned.get(slot)
+        if not owned:
+            return ()
+        entries = self._entries
+        return self._in_order(n for n in owned if phase is None or entries[n].phase is phase)
 
     def cleanups_of(self, slot: str) -> tuple[str, ...]:
         """Names ``slot``'s work left on the server (or on its way) with no owner."""
-        return tuple(e.name for e in self._entries.values() if e.owed and e.origin == slot)
+        left = self._left.get(slot)
+        if not left:
+            return ()
+        entries = self._entries
+        return self._in_order(n for n in left if entries[n].owed)
 
     def owed(self) -> tuple[str, ...]:
         """Every name the server may hold because of us that no slot owns."""
-        return tuple(e.name for e in self._entries.values() if e.owed)
+        entries = self._entries
+        return self._in_order(n for n in self._ownerless if entries[n].owed)
+
+    def owners(self) -> tuple[str, ...]:
+        """The slots that own a name."""
+        return tuple(self._owned)
+
+    def claimants(self) -> tuple[str, ...]:
+        """The slots with a load command not answered yet (see :meth:`reserve`)."""
+        return tuple(dict.fromkeys(slot for claims in self._claims.values() for slot in claims))
 
     # -- claims -------------------------------------------------------------------
 
@@ -182,8 +206,8 @@ class Ledger:
         server (an arrival or a stray not yet cleaned up), or its clean-up may
         be under way.  The slot that left a name behind may take it again.
         """
-        for (other, model), count in self._reserved.items():
-            if model == name and other != slot and count:
+        for other, count in self._claims.get(name, {}).items():
+            if other != slot and count:
                 raise ModelInUseError(f"model {name!r} is in use by slot {other!r}")
         entry = self._entries.get(name)
         if entry is None:
@@ -200,13 +224,18 @@ class Ledger:
     def reserve(self, slot: str, name: str) -> None:
         """Hold ``name`` for a load command of ``slot`` until the slot answers it."""
         self.check_claim(slot, name)
-        self._reserved[slot, name] += 1
+        self._claims.setdefault(name, Counter())[slot] += 1
 
     def release(self, slot: str, name: str) -> None:
         """The load command of ``slot`` for ``name`` was answered."""
-        self._reserved[slot, name] -= 1
-        if self._reserved[slot, name] <= 0:
-            del self._reserved[slot, name]
+        claims = self._claims.get(name)
+        if claims is None:
+            return
+        claims[slot] -= 1
+        if claims[slot] <= 0:
+            del claims[slot]
+            if not claims:
+                del self._claims[name]
 
     # -- what a slot owns ---------------------------------------------------------
 
@@ -229,25 +258,27 @@ class Ledger:
         if leaving:
             wanted[leaving] = Phase.LEAVING
         touched = False
-        for entry in list(self._entries.values()):
-            if entry.owner != slot or entry.name in wanted:
+        for name in self.owned_by(slot):
+            entry = self._entries[name]
+            if name in wanted:
                 continue
             if entry.phase is Phase.LEAVING and entry.unloads:
                 continue  # owned until its unload is answered
             if entry.phase is Phase.LEAVING and not entry.gone:
                 entry.stray = True  # released before its unload went out: still there
-            entry.owner, entry.phase, entry.origin = None, None, slot
+            self._assign(entry, None, None, slot)
             self._settle(entry)
             touched = True
         for name, phase in wanted.items():
-            entry = self._entries.setdefault(name, Entry(name))
+            entry = self._entry(name)
             if entry.owner is not None and entry.owner != slot:  # guarded by check_claim
                 raise ModelInUseError(f"model {name!r} is owned by slot {entry.owner!r}")
             if entry.owner != slot or entry.phase is not phase:
-                entry.owner, entry.phase, entry.origin = slot, phase, None
+                self._assign(entry, slot, phase, None)
                 entry.gone = False
                 if phase is Phase.HELD:
-                    entry.stray = entry.restored = False
+                    entry.stray = False
+                    self._set_restored(entry, False)
                 touched = True
         if touched:
             self._changed()
@@ -256,7 +287,7 @@ class Ledger:
 
     def sent(self, name: str, slot: str | None, kind: str) -> Ticket:
         """A request is about to be sent; the returned ticket follows it."""
-        entry = self._entries.setdefault(name, Entry(name))
+        entry = self._entry(name)
         ticket = Ticket(name, slot, kind)
         if kind == "load":
             entry.loads += 1
@@ -326,7 +357,7 @@ class Ledger:
             if leaving and not entry.unloads and ticket.abandoned:
                 # The slot gave up waiting (its load timer fired during a swap): the
                 # answer settles it here, since no step of the slot's will.
-                entry.origin, entry.owner, entry.phase = entry.owner, None, None
+                self._assign(entry, None, None, entry.owner)
         needs_cleanup = entry.owner is None and answer is Answer.DONE and ticket.kind == "load"
         self._settle(entry)
         self._changed()
@@ -334,11 +365,11 @@ class Ledger:
 
     def _loads_answered(self, seq: int) -> None:
         """Loads are served one at a time: an answered load settles every earlier one."""
-        for entry in self._entries.values():
-            if entry.restored:
-                entry.restored = False
-                entry.stray = True  # it may have landed: the next reading decides
-                entry.settled_seq = max(entry.settled_seq, seq)
+        for name in list(self._restored):
+            entry = self._entries[name]
+            self._set_restored(entry, False)
+            entry.stray = True  # it may have landed: the next reading decides
+            entry.settled_seq = max(entry.settled_seq, seq)
 
     # -- readings -------------------------------------------------------------------
 
@@ -353,13 +384,12 @@ class Ledger:
         """
         cleanups: list[str] = []
         touched = False
-        for entry in list(self._entries.values()):
-            if entry.owner is not None:
-                continue
+        for name in self._in_order(self._ownerless):
+            entry = self._entries[name]
             if entry.name in health:
                 if entry.restored:  # what an earlier controller left in flight has landed
-                    entry.restored, entry.stray = False, True
-                    touched = True
+                    self._set_restored(entry, False)
+                    entry.stray = touched = True
                 if not entry.unloads and not entry.cleaning:
                     cleanups.append(entry.name)
             elif not entry.pending and not entry.restored and seq > entry.settled_seq:
@@ -373,7 +403,57 @@ class Ledger:
     def _settle(self, entry: Entry) -> None:
         """Drop ``entry`` if nothing about it is left to prove."""
         if entry.owner is None and not entry.owed and not entry.cleaning:
-            self._entries.pop(entry.name, None)
+            name = entry.name
+            if self._entries.pop(name, None) is not None:  # not restored: it would be owed
+                del self._ownerless[name], self._born[name]
+                if entry.origin is not None:
+                    _drop(self._left, entry.origin, name)
+
+    # -- the indexes ------------------------------------------------------------------
+
+    def _entry(self, name: str) -> Entry:
+        """The entry for ``name``, made (ownerless) if there is none."""
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = Entry(name)
+            self._born[name] = next(self._births)
+            self._ownerless[name] = None
+        return entry
+
+    def _assign(
+        self, entry: Entry, owner: str | None, phase: Phase | None, origin: str | None
+    ) -> None:
+        """Set ``entry``'s owner, phase and origin, and the indexes with them."""
+        name = entry.name
+        if owner != entry.owner:
+            if entry.owner is None:
+                del self._ownerless[name]
+            else:
+                _drop(self._owned, entry.owner, name)
+            if owner is None:
+                self._ownerless[name] = None
+            else:
+                self._owned.setdefault(owner, {})[name] = None
+        if origin != entry.origin:
+            if entry.origin is not None:
+                _drop(self._left, entry.origin, name)
+            if origin is not None:
+                self._left.setdefault(origin, {})[name] = None
+        entry.owner, entry.phase, entry.origin = owner, phase, origin
+
+    def _in_order(self, names: Iterable[str]) -> tuple[str, ...]:
+        """``names`` in :meth:`entries` order (the order a full scan would find them)."""
+        found = tuple(names)
+        if len(found) < 2:
+            return found
+        return tuple(sorted(found, key=self._born.__getitem__))
+
+    def _set_restored(self, entry: Entry, restored: bool) -> None:
+        entry.restored = restored
+        if restored:
+            self._restored[entry.name] = None
+        else:
+            self._restored.pop(entry.name, None)
 
     # -- the state file -----------------------------------------------------------
 
@@ -400,16 +480,36 @@ class Ledger:
         is owed, cleaned up when seen, and leaves on proof.
         """
         for name, origin, arriving, stray in records:
-            entry = self._entries.setdefault(name, Entry(name))
-            entry.origin = entry.origin or origin
-            entry.restored = entry.restored or arriving
+            entry = self._entry(name)
+            self._assign(entry, entry.owner, entry.phase, entry.origin or origin)
+            self._set_restored(entry, entry.restored or arriving)
             entry.stray = entry.stray or stray or not arriving
 
     def check(self) -> None:
-        """Assert the ledger's own invariants (for tests)."""
+        """Assert the ledger's own invariants, indexes included (for tests)."""
         for name, e in self._entries.items():
             assert e.name == name
             assert min(e.loads, e.unloads, e.arrivals) >= 0, e
             assert e.arrivals <= e.loads, e
             assert (e.owner is None) == (e.phase is None), e
             assert e.owner is not None or e.owed or e.cleaning, e
+        entries = self._entries.values()
+        assert list(self._born) == list(self._entries)
+        assert sorted(self._born.values()) == list(self._born.values())
+        assert self._ownerless.keys() == {e.name for e in entries if e.owner is None}
+        assert self._restored.keys() == {e.name for e in entries if e.restored}
+        for index, key in ((self._owned, "owner"), (self._left, "origin")):
+            expected: dict[str, set[str]] = {}
+            for e in entries:
+                if getattr(e, key) is not None:
+                    expected.setdefault(getattr(e, key), set()).add(e.name)
+            assert {slot: set(names) for slot, names in index.items()} == expected, key
+        assert all(counts and min(counts.values()) > 0 for counts in self._claims.values())
+
+
+def _drop(index: dict[str, dict[str, None]], slot: str, name: str) -> None:
+    """Remove ``name`` from ``slot``'s names in ``index`` (and the slot, once it has none)."""
+    names = index[slot]
+    del names[name]
+    if not names:
+        del index[slot]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -129,11 +129,11 @@ class Rulebook:
             )
 
     def attach(self, slot: SlotMachine, state: SlotState = SlotState.IDLE) -> None:
-        """Put ``slot`` under this rulebook, starting in ``state``."""
+        """Put ``slot`` under this rulebook, starting in ``state`` (constant time)."""
         self._machine.add_model(slot, initial=state)
 
     def detach(self, slot: SlotMachine) -> None:
-        """Release ``slot`` from the machine."""
+        """Release ``slot`` from the machine (constant time)."""
         self._machine.remove_model(slot)
 
     def outcome(self, state: SlotState, trigger: Trigger) -> Outcome:
@@ -177,15 +177,56 @@ class Rulebook:
 
 
 class _SharedMachine(Machine):
-    """A ``Machine`` that binds no convenience methods onto its models.
+    """A ``Machine`` that binds no convenience methods onto its models, and finds them fast.
 
     ``transitions`` normally gives every model ``load()``, ``may_load()``,
     ``is_idle()`` ... for each trigger and state: a few kilobytes per slot that
     nothing here uses, since :meth:`Rulebook.step` fires events directly.
+
+    It also keeps its models in a list that ``add_model`` searches before
+    adding and ``remove_model`` searches to remove: attaching n slots would
+    cost n² comparisons.  Here the models are kept in :class:`_Models`.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.models: Any = _Models()  # transitions declares a list; it needs only these
 
     def _checked_assignment(self, model: object, name: str, func: object) -> None:
         return None
+
+
+class _Models:
+    """The machine's models, in the order attached, with constant-time membership and removal.
+
+    It offers what ``transitions`` does with its model list: ``in``,
+    ``append``, ``remove``, ``len``, iteration and indexing.  Models are told
+    apart by identity, as the list tells slots apart (they have no ``__eq__``).
+    """
+
+    __slots__ = ("_models",)
+
+    def __init__(self) -> None:
+        self._models: dict[int, object] = {}
+
+    def __contains__(self, model: object) -> bool:
+        return id(model) in self._models
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self._models.values())
+
+    def __getitem__(self, index: int) -> object:
+        return list(self._models.values())[index]
+
+    def append(self, model: object) -> None:
+        self._models[id(model)] = model
+
+    def remove(self, model: object) -> None:
+        if self._models.pop(id(model), None) is None:
+            raise ValueError(f"{model!r} is not attached")
 
 
 def _guard_callback(rule: Rule) -> Callable[[Any], bool]:

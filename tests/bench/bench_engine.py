@@ -26,11 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import attrs
 from transitions import Machine
 
 from slotfsm import Controller, SlotConfig
 from slotfsm.actor import SlotActor
+from slotfsm.courier import Courier
 from slotfsm.events import Load, LoadSucceeded, Unload, Unloaded, Validated
+from slotfsm.ledger import Ledger
 from slotfsm.lemonade import Health, LoadResult
 from slotfsm.registry import ModelEntry
 from slotfsm.rulebook import Rulebook, SlotMachine
@@ -112,7 +115,10 @@ class InstantClient:
 
 
 async def actor_event_us(slots: int, entry: ModelEntry) -> float:
-    """µs per event through actors and mailboxes, with instant hashing and HTTP."""
+    """µs per event through actors and mailboxes, with instant hashing and HTTP.
+
+    Each slot loads a model of its own (the ledger lets one slot hold a name).
+    """
     book = Rulebook()
     counter = iter(range(1, 1 << 62)).__next__
 
@@ -122,19 +128,22 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
     async def no_reconcile() -> None:
         return None
 
-    actors = [
-        SlotActor(
-            SlotConfig(f"s{i}"),
-            book,
-            client=InstantClient(),  # type: ignore[arg-type]
-            validate=passes,
-            reconcile=no_reconcile,
-            sequence=counter,
-            publish=lambda record: None,
-        )
-        for i in range(slots)
-    ]
+    ledger = Ledger(counter)
     async with anyio.create_task_group() as tg:
+        courier = Courier(InstantClient(), ledger, lambda: tg)  # type: ignore[arg-type]
+        actors = [
+            SlotActor(
+                SlotConfig(f"s{i}"),
+                book,
+                courier=courier,
+                ledger=ledger,
+                validate=passes,
+                reconcile=no_reconcile,
+                sequence=counter,
+                publish=lambda record: None,
+            )
+            for i in range(slots)
+        ]
         for actor in actors:
             await tg.start(actor.run)
         best = float("inf")
@@ -142,7 +151,7 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
             start = time.perf_counter()
             async with anyio.create_task_group() as cycle:
                 for actor in actors:
-                    cycle.start_soon(_cycle, actor, entry)
+                    cycle.start_soon(_cycle, actor, attrs.evolve(entry, name=f"m-{actor.name}"))
             best = min(best, time.perf_counter() - start)
         tg.cancel_scope.cancel()
     return best / (slots * EVENTS_PER_CYCLE) * 1e6

@@ -1,0 +1,582 @@
+"""Cost grows with what changed, not with the number of slots (issue 13), and stays correct.
+
+The reconcile pass tells a reading only to the slots it can change; these
+tests hold that filter to the rulebook (a slot not told is one the rulebook
+would have left exactly as it was) and hold the costs to their complexity:
+counts where they can be counted, otherwise ratios of timings with generous
+margins, never an absolute time.  A timing is the least of several runs:
+other work on the machine only ever adds time.  The figures themselves are
+printed by ``tests/bench/bench_scale.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+import hypothesis.strategies as st
+import pytest
+import trio.testing
+from hypothesis import example, given, settings
+from kit import examples
+
+from slotfsm import (
+    Controller,
+    Health,
+    LoadedModel,
+    ModelEntry,
+    ModelInUseError,
+    SlotConfig,
+    SlotState,
+)
+from slotfsm.actor import SlotActor
+from slotfsm.events import Event, Observed, UseChanged
+from slotfsm.ledger import Answer, Ledger, Phase, Ticket
+from slotfsm.rulebook import Rulebook, SlotMachine
+from slotfsm.states import SlotData
+from slotfsm.testing import FakeLemonade, FakeModel, Switch
+from slotfsm.testing.files import write_model
+
+NAMES = ("alpha", "beta", "gamma", "delta")
+ENTRIES = {
+    name: ModelEntry(name=name, path=f"/models/{name}.gguf", sha256=f"{i:064x}", size=100)
+    for i, name in enumerate(NAMES)
+}
+
+# -- the filter, against the rulebook ---------------------------------------------------
+
+small_times = st.integers(0, 40).map(float) | st.floats(0, 40, allow_nan=False)
+uses = st.none() | st.integers(0, 3)
+ROWS = {
+    name: st.builds(
+        LoadedModel, name=st.just(name), last_use=uses, busy=st.sampled_from([False, False, True])
+    )
+    for name in NAMES
+}
+LEANING_TRUE = st.sampled_from([True, True, False])
+
+
+@st.composite
+def slots_and_readings(draw: st.DrawFn) -> tuple[SlotState, SlotData, SlotConfig, Observed]:
+    """A slot and a reading, drawn near where the rules decide: the slot's model often
+    listed with the ``last_use`` it knows, and ``used_at`` often exactly ``idle_timeout``
+    (or a second either side of it) before the reading."""
+    state = draw(st.sampled_from([*SlotState, SlotState.LOADED, SlotState.LOADED]))
+    config = SlotConfig("s", idle_timeout=draw(st.sampled_from([None, 0.0, 5.0, 10.0])))
+    model = draw(st.sampled_from(NAMES) | st.none())
+    target = draw(st.none() | st.sampled_from(list(ENTRIES.values())))
+    rows = {name: draw(ROWS[name]) for name in draw(st.lists(st.sampled_from(NAMES)))}
+    for name in (model, target.name if target else None):
+        if name is not None and draw(LEANING_TRUE):
+            rows[name] = draw(ROWS[name])
+    listed = rows.get(model) if model is not None else None
+    last_use = listed.last_use if listed is not None and draw(st.booleans()) else draw(uses)
+    at = draw(small_times)
+    due = at - (config.idle_timeout or 5.0)
+    used_at = draw(st.sampled_from([due, due - 1, due + 1]) | st.none() | small_times)
+    data = SlotData(
+        model=model,
+        target=target,
+        last_use=last_use,
+        seen=draw(LEANING_TRUE),
+        used_at=used_at,
+        loaded_seq=draw(st.integers(0, 6)),
+        gone_seq=draw(st.integers(0, 6)),
+        in_use=draw(st.sampled_from([0, 0, 0, 1, 2])),
+    )
+    health = Health(status="ok", models=tuple(rows.values()))
+    return state, data, config, Observed(health, at, draw(st.integers(0, 6)))
+
+
+BOOK = Rulebook()
+
+
+@settings(max_examples=examples(2000))
+@given(case=slots_and_readings())
+def test_a_slot_not_told_is_one_the_reading_would_not_change(
+    case: tuple[SlotState, SlotData, SlotConfig, Observed],
+) -> None:
+    """Filtered delivery and full delivery leave every slot in the same state, with the same data.
+
+    The idle rule stays the rulebook's (ADR-0007 §2): the boundary ``at - used_at ==
+    idle_timeout`` is drawn often, and a first sighting or a changed ``last_use`` is news.
+    """
+    state, data, config, observed = case
+    slot = SlotMachine(config, data)
+    BOOK.attach(slot, state)
+    told = Controller._has_news(state, data, config, observed)
+    BOOK.step(slot, observed)
+    BOOK.detach(slot)
+    if not told:
+        assert (slot.state, slot.data) == (state, data)
+
+
+def test_the_filter_skips_a_slot_with_nothing_new_and_tells_one_with_news() -> None:
+    """The filter is not trivially "tell everyone": an unchanged row, not yet idle, is skipped."""
+    config = SlotConfig("s", idle_timeout=10.0)
+    data = SlotData(model="alpha", last_use=7, seen=True, used_at=100.0, loaded_seq=1)
+
+    def reading(at: float, last_use: int = 7, busy: bool = False) -> Observed:
+        row = LoadedModel("alpha", last_use=last_use, busy=busy)
+        return Observed(Health(status="ok", models=(row,)), at, seq=5)
+
+    news = Controller._has_news
+    assert not news(SlotState.LOADED, data, config, reading(at=109.0))
+    assert news(SlotState.LOADED, data, config, reading(at=110.0))  # idle for idle_timeout
+    assert news(SlotState.LOADED, data, config, reading(at=101.0, last_use=8))
+    assert news(SlotState.LOADED, data, config, reading(at=101.0, busy=True))
+    assert news(SlotState.LOADED, attrs.evolve(data, seen=False), config, reading(at=101.0))
+    gone = Observed(Health(status="ok"), 101.0, seq=5)
+    assert news(SlotState.LOADED, data, config, gone)
+    assert not news(SlotState.LOADED, attrs.evolve(data, loaded_seq=5), config, gone)
+    assert not news(SlotState.IDLE, data, config, gone)
+
+
+# -- the filter, in a running controller against one that tells every slot ----------------
+
+SLOTS = ("s0", "s1", "s2")
+commands = st.one_of(
+    st.tuples(st.just("load"), st.sampled_from(SLOTS), st.sampled_from(NAMES)),
+    st.tuples(st.just("unload"), st.sampled_from(SLOTS)),
+    st.tuples(st.just("mark"), st.sampled_from(SLOTS)),
+    st.tuples(st.just("unmark"), st.sampled_from(SLOTS)),
+)
+server_events = st.one_of(
+    st.tuples(st.just("use"), st.sampled_from(NAMES)),
+    st.tuples(st.just("busy"), st.sampled_from(NAMES), st.booleans()),
+    st.tuples(st.just("evict_all")),
+)
+Step = tuple[tuple[Any, ...] | None, float, tuple[Any, ...] | None, bool]
+steps = st.tuples(
+    st.none() | commands,
+    st.sampled_from([0.0, 1.0, 4.0, 5.0, 10.0]),
+    st.none() | server_events,
+    st.booleans(),
+)
+"""A command, seconds passing, something the server does, and maybe a reading."""
+
+
+class Twin:
+    """One controller with its own fake server and its open ``in_use`` marks."""
+
+    def __init__(self, entries: list[ModelEntry], *, tell_all: bool) -> None:
+        self.fake = FakeLemonade(
+            [FakeModel.for_file(e.name, e.path) for e in entries],
+            max_models={"llm": -1},
+            newer_fields=True,
+        )
+        configs = [SlotConfig(s, idle_timeout=10.0 if s != "s2" else None) for s in SLOTS]
+        self.ctl = Controller(
+            lemonade_url="http://lemonade",
+            registry=entries,
+            slots=configs,
+            transport=self.fake.transport(),
+            poll_interval=1e9,
+        )
+        if tell_all:  # the delivery before the filter: every slot, every reading
+            self.ctl._concerned = lambda observed: list(self.ctl._actors.values())  # type: ignore[method-assign]
+        self.marks: dict[str, list[AsyncExitStack]] = {s: [] for s in SLOTS}
+        self.busy: dict[str, Switch[object]] = {}
+
+    async def do(self, action: tuple[Any, ...]) -> None:
+        kind, *args = action
+        ctl, fake = self.ctl, self.fake
+        if kind == "load":
+            with contextlib.suppress(ModelInUseError):  # another slot holds it
+                await ctl.load(args[0], args[1])
+        elif kind == "unload":
+            await ctl.unload(args[0])
+        elif kind in ("use", "busy") and args[0] in fake.loaded_models():
+            if kind == "use":
+                fake.mark_used(args[0])
+            elif args[1] and args[0] not in self.busy:
+                self.busy[args[0]] = fake.busy(args[0])
+            elif not args[1] and args[0] in self.busy:
+                self.busy.pop(args[0]).off()
+        elif kind == "mark":
+            stack = AsyncExitStack()
+            await stack.enter_async_context(ctl.in_use(args[0]))
+            self.marks[args[0]].append(stack)
+        elif kind == "unmark" and self.marks[args[0]]:
+            await self.marks[args[0]].pop().aclose()
+        elif kind == "evict_all":
+            fake.evict_all()
+
+    def slots(self) -> dict[str, tuple[SlotState, SlotData]]:
+        machines = {name: actor._machine for name, actor in self.ctl._actors.items()}
+        return {name: (m.state, m.data) for name, m in machines.items()}
+
+
+async def run_twins(directory: Path, program: list[Step]) -> None:
+    entries = [write_model(directory, name) for name in NAMES]
+    filtered = Twin(entries, tell_all=False)
+    full = Twin(entries, tell_all=True)
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    async with filtered.ctl, full.ctl:
+        for command, seconds, event, refresh in program:
+            for twin in (filtered, full):
+                if command is not None:
+                    await twin.do(command)
+                await trio.testing.wait_all_tasks_blocked()
+            clock.jump(seconds)
+            for twin in (filtered, full):
+                if event is not None:
+                    await twin.do(event)
+                if refresh:
+                    await twin.ctl.refresh()
+            await trio.testing.wait_all_tasks_blocked()
+            assert filtered.slots() == full.slots(), (command, seconds, event, refresh)
+        for twin in (filtered, full):
+            for stacks in twin.marks.values():
+                for stack in stacks:
+                    await stack.aclose()
+
+
+@settings(max_examples=examples(100))
+@given(program=st.lists(steps, min_size=1, max_size=20))
+@example(  # used, then idle for exactly idle_timeout: unloaded
+    program=[
+        (("load", "s0", "alpha"), 0.0, None, True),
+        (None, 1.0, ("use", "alpha"), True),
+        (None, 10.0, None, True),
+    ]
+)
+@example(  # a first sighting, then idle for exactly idle_timeout: unloaded
+    program=[(("load", "s0", "alpha"), 0.0, None, True), (None, 10.0, None, True)]
+)
+def test_filtered_and_full_delivery_give_the_same_slots(
+    tmp_path_factory: Any, program: list[Step]
+) -> None:
+    """Two controllers, same commands, same server events, same clock: one filters, one tells all.
+
+    After every step both have every slot in the same state with the same data
+    (idle expiry, eviction, first sightings, use and busy marks included).
+    """
+    directory = tmp_path_factory.mktemp("models")
+    clock = trio.testing.MockClock()  # stands still unless a step jumps it
+    anyio.run(run_twins, directory, program, backend="trio", backend_options={"clock": clock})
+
+
+# -- the ledger's indexes ----------------------------------------------------------------
+
+OWNERS = ("s0", "s1")
+ledger_steps = st.one_of(
+    st.tuples(
+        st.just("sync"),
+        st.sampled_from(OWNERS),
+        st.none() | st.sampled_from(NAMES),
+        st.none() | st.sampled_from(NAMES),
+        st.none() | st.sampled_from(NAMES),
+    ),
+    st.tuples(
+        st.just("sent"),
+        st.sampled_from(NAMES),
+        st.none() | st.sampled_from(OWNERS),
+        st.sampled_from(["load", "unload"]),
+    ),
+    st.tuples(st.just("answered"), st.integers(0, 7), st.sampled_from(Answer)),
+    st.tuples(st.just("abandoned"), st.integers(0, 7)),
+    st.tuples(st.just("observed"), st.sets(st.sampled_from(NAMES))),
+    st.tuples(
+        st.just("restore"),
+        st.sampled_from(NAMES),
+        st.none() | st.sampled_from(OWNERS),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.tuples(st.just("reserve"), st.sampled_from(OWNERS), st.sampled_from(NAMES)),
+    st.tuples(st.just("release"), st.sampled_from(OWNERS), st.sampled_from(NAMES)),
+)
+
+
+def brute_force(ledger: Ledger) -> Iterator[tuple[object, ...]]:
+    """What the indexed readers must answer, computed from every entry."""
+    entries = list(ledger.entries().values())
+    for slot in OWNERS:
+        for phase in (None, *Phase):
+            owned = tuple(
+                e.name for e in entries if e.owner == slot and (phase is None or e.phase is phase)
+            )
+            yield ("owned_by", slot, phase, ledger.owned_by(slot, phase), owned)
+        cleanups = tuple(e.name for e in entries if e.owed and e.origin == slot)
+        yield ("cleanups_of", slot, ledger.cleanups_of(slot), cleanups)
+    yield ("owed", ledger.owed(), tuple(e.name for e in entries if e.owed))
+    owners = {e.owner for e in entries if e.owner is not None}
+    yield ("owners", set(ledger.owners()), owners)
+
+
+@settings(max_examples=examples(300))
+@given(program=st.lists(ledger_steps, max_size=40))
+def test_the_ledger_indexes_answer_what_a_full_scan_would(program: list[tuple[Any, ...]]) -> None:
+    """Random bookkeeping (syncs, requests and their answers, readings, restores, claims):
+    after every step the indexes agree with the entries, and every reader answers
+    what a walk over all entries would, in the same order."""
+    sequence = iter(range(1, 10_000)).__next__
+    ledger = Ledger(sequence)
+    tickets: list[Ticket] = []
+    reserved: list[tuple[str, str]] = []
+    for kind, *args in program:
+        try:
+            if kind == "sync":
+                slot, held, loading, leaving = args
+                ledger.sync(slot, held=held, loading=loading, leaving=leaving)
+            elif kind == "sent":
+                tickets.append(ledger.sent(*args))
+            elif kind == "answered" and args[0] < len(tickets):
+                ticket = tickets.pop(args[0])
+                ledger.answered(ticket, args[1])
+            elif kind == "abandoned" and args[0] < len(tickets):
+                ledger.abandoned(tickets[args[0]])
+            elif kind == "observed":
+                rows = tuple(LoadedModel(name) for name in sorted(args[0]))
+                ledger.observed(Health(status="ok", models=rows), sequence())
+            elif kind == "restore":
+                ledger.restore([tuple(args)])
+            elif kind == "reserve":
+                ledger.reserve(*args)
+                reserved.append(tuple(args))
+            elif kind == "release" and tuple(args) in reserved:
+                reserved.remove(tuple(args))
+                ledger.release(*args)
+        except ModelInUseError:
+            pass
+        ledger.check()
+        for *_, indexed, scanned in brute_force(ledger):
+            assert indexed == scanned, (kind, args)
+        assert set(ledger.claimants()) == {slot for slot, _ in reserved}
+
+
+# -- complexity --------------------------------------------------------------------------
+
+
+def least_time(runs: int, action: Callable[[], object]) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+async def least_atime(runs: int, action: Callable[[], Awaitable[object]]) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+class Counted(SlotMachine):
+    """A slot that counts how often it is compared with another (a list search does)."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        Counted.comparisons += 1
+        return self is other
+
+    __hash__ = SlotMachine.__hash__
+
+
+def test_attaching_and_detaching_slots_compares_none_of_them() -> None:
+    """Start-up and shutdown are linear: no search through the attached slots (goal 3)."""
+    book = Rulebook()
+    slots = [Counted(SlotConfig(f"s{i}")) for i in range(500)]
+    Counted.comparisons = 0
+    for slot in slots:
+        book.attach(slot)
+    for slot in reversed(slots):
+        book.detach(slot)
+    assert Counted.comparisons == 0
+    book.attach(slots[0], SlotState.ERROR)  # it can come back, in any state
+    assert slots[0].state is SlotState.ERROR
+    with pytest.raises(ValueError):
+        book.detach(slots[1])
+
+
+def test_the_ledger_answers_for_one_slot_in_time_independent_of_its_size() -> None:
+    """``owned_by``, ``cleanups_of`` and ``sync`` cost what the slot has (goal 1, 2)."""
+
+    def ledger_of(size: int) -> Ledger:
+        ledger = Ledger(iter(range(1, 1 << 30)).__next__)
+        for i in range(size):
+            ledger.sync(f"s{i}", held=f"m{i}")
+        return ledger
+
+    def cost(ledger: Ledger) -> float:
+        def calls() -> None:
+            for _ in range(200):
+                ledger.owned_by("s0", Phase.LEAVING)
+                ledger.cleanups_of("s0")
+                ledger.sync("s0", held="m0")
+
+        return least_time(7, calls)
+
+    small, big = cost(ledger_of(10)), cost(ledger_of(5000))
+    assert big < 3 * small, f"{big / small:.1f}x slower with 500 times the entries"
+
+
+ObservedCount = dict[str, int]
+
+
+@pytest.fixture
+def observed_by(monkeypatch: pytest.MonkeyPatch) -> ObservedCount:
+    """How many readings each slot was told (every ``tell`` of an ``Observed``)."""
+    counts: ObservedCount = {}
+    tell = SlotActor.tell
+
+    def counting(self: SlotActor, event: Event, handled: Callable[[], None] | None = None) -> None:
+        if isinstance(event, Observed):
+            counts[self.name] = counts.get(self.name, 0) + 1
+        tell(self, event, handled)
+
+    monkeypatch.setattr(SlotActor, "tell", counting)
+    return counts
+
+
+def controller_on(
+    fake: FakeLemonade, entries: list[ModelEntry], slots: int, **options: Any
+) -> Controller:
+    return Controller(
+        lemonade_url="http://lemonade",
+        registry=entries,
+        slots=[SlotConfig(f"s{i}", idle_timeout=3600) for i in range(slots)],
+        transport=fake.transport(),
+        poll_interval=3600,
+        **options,
+    )
+
+
+def shared_file_registry(directory: Path, count: int) -> list[ModelEntry]:
+    """``m0``... all naming one small file: validated once, then answered by the cache."""
+    entry = write_model(directory, "model")
+    return [attrs.evolve(entry, name=f"m{i}") for i in range(count)]
+
+
+@pytest.mark.anyio
+async def test_a_reading_is_told_only_to_the_slots_it_changes(
+    tmp_path: Path, observed_by: ObservedCount
+) -> None:
+    """Among 200 loaded slots, a pass tells 0 with nothing new, 1 per changed row (goal 1)."""
+    entries = shared_file_registry(tmp_path, 200)
+    fake = FakeLemonade(
+        [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
+    )
+    async with controller_on(fake, entries, 200) as ctl:
+        async with anyio.create_task_group() as group:
+            for i in range(200):
+                group.start_soon(ctl.load, f"s{i}", f"m{i}")
+        await ctl.refresh()  # every model seen once
+        observed_by.clear()
+        await ctl.refresh()
+        assert observed_by == {}
+        fake.mark_used("m7")
+        await ctl.refresh()
+        assert observed_by == {"s7": 1}
+        observed_by.clear()
+        async with httpx.AsyncClient(transport=fake.transport(), base_url="http://x") as http:
+            await http.post("/api/v1/unload", json={"model_name": "m9"})  # behind its back
+        await ctl.refresh()
+        assert observed_by == {"s9": 1}
+        assert ctl.snapshot("s9").state is SlotState.IDLE  # told, and evicted
+        assert ctl.snapshot("s8").state is SlotState.LOADED
+
+
+@pytest.mark.anyio
+async def test_a_slot_with_an_event_waiting_is_told_whatever_its_data_says(
+    tmp_path: Path,
+) -> None:
+    """The filter judges a slot by its data only once its mailbox is empty.
+
+    A queued event may change the slot before the reading reaches it (an
+    ``unload`` that failed puts it back in ``loaded``): such a slot is told.
+    A slot that owns nothing and waits for no load is idle or in error.
+    """
+    entries = shared_file_registry(tmp_path, 2)
+    fake = FakeLemonade(
+        [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
+    )
+    async with controller_on(fake, entries, 2) as ctl:
+        await ctl.load("s0", "m0")
+        health = await ctl.refresh()
+        assert health is not None
+        loaded, empty = ctl._actors["s0"], ctl._actors["s1"]
+        news = Observed(health, anyio.current_time(), seq=1 << 40)  # nothing in it is new
+        now = anyio.current_time()
+        for actor in (loaded, empty):
+            actor.tell(UseChanged(+1, now))
+            actor.tell(UseChanged(-1, now))
+            assert actor.interest is None
+        assert ctl._concerned(news) == [loaded]
+        ctl.ledger.reserve("s1", "m1")  # a load command on its way to s1
+        assert ctl._concerned(news) == [loaded, empty]
+        ctl.ledger.release("s1", "m1")
+
+
+async def pass_and_cycle(directory: Path, slots: int) -> tuple[float, float]:
+    """(a pass, a load/unload cycle) among ``slots`` slots, 10 of them loaded."""
+    entries = shared_file_registry(directory, slots)
+    fake = FakeLemonade(
+        [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
+    )
+    async with controller_on(fake, entries, slots) as ctl:
+        for i in range(10):
+            await ctl.load(f"s{i}", f"m{i}")
+        await ctl.refresh()
+
+        async def cycle() -> None:
+            await ctl.load(f"s{slots - 1}", f"m{slots - 1}")
+            await ctl.unload(f"s{slots - 1}")
+
+        await cycle()
+        return await least_atime(15, ctl.refresh), await least_atime(15, cycle)
+
+
+@pytest.mark.anyio
+async def test_a_pass_and_a_cycle_cost_the_same_among_100_or_1000_slots(tmp_path: Path) -> None:
+    """Goals 1 and 2 in small: 10 times the slots, the same rows, under 3 times the cost."""
+    small = await pass_and_cycle(tmp_path, 100)
+    big = await pass_and_cycle(tmp_path, 1000)
+    assert big[0] < 3 * small[0], f"pass: {big[0] / small[0]:.1f}x with 10x the slots"
+    assert big[1] < 3 * small[1], f"cycle: {big[1] / small[1]:.1f}x with 10x the slots"
+
+
+@pytest.mark.anyio
+async def test_memory_per_idle_slot_and_over_many_cycles(tmp_path: Path) -> None:
+    """Goal 7 in small: ≤ 16 KiB per idle slot, and load/unload cycles leave nothing behind."""
+    entries = shared_file_registry(tmp_path, 1)
+    fake = FakeLemonade([FakeModel.for_file("m0", entries[0].path)], max_models={"llm": -1})
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        async with controller_on(fake, entries, 500, transition_ring=64) as ctl:
+            gc.collect()
+            per_slot = (tracemalloc.get_traced_memory()[0] - before) / 500
+
+            async def cycles(count: int) -> int:
+                for _ in range(count):
+                    await ctl.load("s0", "m0")
+                    await ctl.unload("s0")
+                fake.clear_log()
+                gc.collect()
+                return tracemalloc.get_traced_memory()[0]
+
+            await cycles(40)  # fills the transition ring and every history
+            warm = await cycles(1)
+            kept = await cycles(200) - warm
+    finally:
+        tracemalloc.stop()
+    assert per_slot <= 16 * 1024, f"{per_slot / 1024:.1f} KiB per idle slot"
+    assert kept < 200 * 100, f"{kept} bytes kept after 200 cycles"
