@@ -20,10 +20,11 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 from kit import examples, virtual_clock
+from oracle import check_quiescent, check_step, fake_settled
 
 from slotfsm import Controller, ModelEntry, SlotConfig, SlotState, SlotTransition
 from slotfsm.ledger import Ledger
-from slotfsm.testing import FakeLemonade, FakeModel
+from slotfsm.testing import FakeLemonade, FakeModel, Switch
 from slotfsm.testing.files import Flaw, write_model
 
 SLOTS = ("s0", "s1", "s2")
@@ -79,6 +80,7 @@ programs = st.lists(st.lists(commands, min_size=1, max_size=4), min_size=1, max_
 async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]) -> None:
     entries: list[ModelEntry] = []
     fake = FakeLemonade(max_models={"llm": -1})
+    hangs: list[Switch[None]] = []
     for slot in SLOTS:
         for kind in KINDS:
             name = model_name(slot, kind)
@@ -87,13 +89,14 @@ async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]
                 fake.add_model(
                     FakeModel.for_file(name, entries[-1].path)
                 )  # "gone": the server does not know it
-        fake.hanging(model_name(slot, "hang"))
+        hangs.append(fake.hanging(model_name(slot, "hang")))
         fake.failing(model_name(slot, "crash"), "llama-server failed to start")
     tracker = LoadTracker(fake.transport())
     answers: Counter[int] = Counter()
     records: list[SlotTransition] = []
     configs = [SlotConfig(s, load_timeout=10.0, idle_timeout=0) for s in SLOTS]
 
+    ours = {e.name for e in entries}
     async with Controller(
         lemonade_url="http://lemonade", registry=entries, slots=configs, transport=tracker
     ) as ctl:
@@ -108,7 +111,7 @@ async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]
             else:
                 snap = await ctl.reset(slot)
             assert snap.state.settled, snap
-            ctl.ledger.check()
+            check_step(ctl, fake, ours)
             answers[index] += 1
 
         index = 0
@@ -122,7 +125,15 @@ async def run_program(directory: Path, program: list[list[tuple[str, str, str]]]
         snapshots = ctl.snapshots()
         owed = set(ctl.ledger.owed())
         on_server = set(fake.loaded_models())
-        ctl.ledger.check()
+        check_step(ctl, fake, ours)
+        # then the server calms down: the hung loads finish, and the shared oracle's
+        # quiescence holds (one reading cleans up, the next finds nothing owed)
+        for hang in hangs:
+            hang.off()
+        with anyio.fail_after(3600):
+            await fake_settled(fake)
+            await anyio.wait_all_tasks_blocked()
+            await check_quiescent(ctl, fake, ours)
         stream.close()
         records = [record async for record in stream]
 

@@ -43,6 +43,7 @@ from typing import Any
 import anyio
 import attrs
 import httpx
+from oracle import check_quiescent, check_step
 
 from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
 from slotfsm.errors import Failure
@@ -359,6 +360,7 @@ class Storm:
 
     def __init__(self, world: World, spy: ValidationSpy, seed: int) -> None:
         self.world = world
+        self.ours = {e.name for e in world.entries}
         self.spy = spy
         self.seed = seed
         self.recorder = Recorder(world.fake.transport(), spy.tick)
@@ -369,7 +371,6 @@ class Storm:
         self.strays_seen = 0
         self.elapsed = 0.0
         self.strays: set[str] = set()  # every model a slot named among its clean-ups
-        self.cleaned = 0
         self.requests = 0
         self.transitions = 0
 
@@ -428,11 +429,11 @@ class Storm:
         self._start_over()
 
     def _note_strays(self, ctl: Controller) -> None:
-        """Check the ledger, and remember which models the slots name as clean-ups."""
+        """Check the shared oracle, and remember which models the slots name as clean-ups."""
         try:
-            ctl.ledger.check()
+            check_step(ctl, self.world.fake, self.ours)
         except AssertionError as exc:
-            self.problem(f"ledger invariant broken: {exc}")
+            self.problem(f"ownership invariant broken: {exc}")
         for snap in ctl.snapshots().values():
             self.strays.update(snap.cleanups)
 
@@ -502,9 +503,9 @@ class Storm:
         """On a calm server, after one ``refresh``, the slots and the ledger tell the truth.
 
         The server holds exactly the ``loaded`` slots' models plus what the
-        ledger owes (pending clean-ups, which the slots name as ``cleanups``).
-        An explicit ``unload`` of a slot with clean-ups sends them at once
-        (no back-off); then the server holds exactly the ``loaded`` slots' models.
+        ledger owes (pending clean-ups, which the slots name as ``cleanups``);
+        then the shared oracle's quiescence (tests/oracle.py): one reading
+        cleans up, the next finds nothing owed.
         """
         fake = self.world.fake
         with anyio.fail_after(3600):  # the server finishes every load a slot gave up on
@@ -516,21 +517,10 @@ class Storm:
         if not named <= owed:
             self.problem(f"slots name clean-ups {sorted(named - owed)} the ledger does not owe")
         self._compare(ctl, tolerated=owed)
-        for slot, snap in ctl.snapshots().items():
-            for _ in range(3):
-                if not set(snap.cleanups) & set(self.world.fake.loaded_models()):
-                    break
-                self.cleaned += 1
-                snap = await ctl.unload(slot)
-                if snap.state is not SlotState.IDLE or snap.error is not None:
-                    self.problem(f"unload of {slot} with clean-ups on a calm server: {snap!r}")
-                await self._refresh(ctl)  # the clean-ups run in the background
-                snap = ctl.snapshot(slot)
-        await self._refresh(ctl)
-        self._compare(ctl, tolerated=set())
-        if ctl.ledger.owed():
-            owed = [ctl.ledger.entries()[name] for name in ctl.ledger.owed()]
-            self.problem(f"the ledger still owes on a calm, clean server: {owed[:5]}")
+        try:  # the shared oracle: one reading cleans up, the next finds nothing owed
+            await check_quiescent(ctl, fake, self.ours)
+        except AssertionError as exc:
+            self.problem(f"not quiescent on a calm server: {exc}")
         for name, snap in ctl.snapshots().items():
             if not snap.state.settled:
                 self.problem(f"slot {name} did not settle: {_brief(snap)}")
@@ -631,7 +621,6 @@ class Storm:
             f"seed={self.seed} commands={self.commands} loads_sent={self.loads_sent}"
             f" evict_all={fake.evict_all_count} clock={self.elapsed:.0f}s"
             f" strays_named={len(self.strays)} strays_cleaned_up={self.strays_seen}"
-            f" unloads_for_clean_ups_at_the_end={self.cleaned}"
             f" faults={dict(self.world.injected)}"
         )
 
