@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         ConfigError,
         ControllerClosedError,
         Failure,
+        FailureError,
         ModelInUseError,
         PreloadError,
         RegistryError,
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
         validate,
         validate_sync,
     )
-    from slotfsm.registry import ModelEntry, Registry
-    from slotfsm.snapshot import SlotSnapshot, SlotTransition
+    from slotfsm.registry import LoadedRegistry, ModelEntry, Registry, SkippedEntry
+    from slotfsm.snapshot import Gap, SlotSnapshot, SlotTransition
     from slotfsm.states import SlotState
     from slotfsm.stream import TransitionStream
 
@@ -60,6 +61,7 @@ _HOMES = {
     "slotfsm.config": ["SlotConfig"],
     "slotfsm.controller": ["Controller"],
     "slotfsm.errors": [
+        "FailureError",
         "ConfigError",
         "ControllerClosedError",
         "Failure",
@@ -87,9 +89,9 @@ _HOMES = {
         "validate",
         "validate_sync",
     ],
-    "slotfsm.registry": ["ModelEntry", "Registry"],
+    "slotfsm.registry": ["LoadedRegistry", "ModelEntry", "Registry", "SkippedEntry"],
     "slotfsm.states": ["SlotState"],
-    "slotfsm.snapshot": ["SlotSnapshot", "SlotTransition"],
+    "slotfsm.snapshot": ["Gap", "SlotSnapshot", "SlotTransition"],
     "slotfsm.stream": ["TransitionStream"],
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -99,12 +101,15 @@ __all__ = [
     "Controller",
     "ControllerClosedError",
     "Failure",
+    "FailureError",
     "FingerprintCache",
+    "Gap",
     "HashPolicy",
     "Health",
     "LemonadeClient",
     "LemonadeError",
     "LoadedModel",
+    "LoadedRegistry",
     "ModelEntry",
     "ModelInUseError",
     "PreloadError",
@@ -114,6 +119,7 @@ __all__ = [
     "ServerParseError",
     "ServerTimeout",
     "ServerUnreachable",
+    "SkippedEntry",
     "SlotConfig",
     "SlotSnapshot",
     "SlotState",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from slotfsm.errors import ConfigError, GraphvizMissingError
 from slotfsm.events import Trigger
 from slotfsm.rulebook import Outcome, Rulebook
 from slotfsm.rules import POSTPONED, RULES, Rule
@@ -31,10 +32,6 @@ __all__ = [
 ]
 
 FORMATS = ("mermaid", "dot", "svg", "table")
-
-
-class GraphvizMissingError(RuntimeError):
-    """``--format svg`` needs Graphviz's ``dot`` program."""
 
 
 def drawn_rules() -> list[Rule]:
@@ -148,4 +145,4 @@ def render(fmt: str, highlight: SlotState | None = None) -> str:
         return svg(highlight)
     if fmt == "table":
         return event_table()
-    raise ValueError(f"unknown diagram format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown diagram format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -16,6 +16,13 @@ import attrs
 __all__ = [
     "ConfigError",
     "ControllerClosedError",
+    "GraphvizMissingError",
+    "LemonadeError",
+    "ServerHTTPError",
+    "ServerParseError",
+    "ServerTimeout",
+    "ServerUnreachable",
+    "ValidationStopped",
     "Failure",
     "FailureError",
     "ModelInUseError",
@@ -168,3 +175,54 @@ class UnknownModelError(SlotfsmError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class LemonadeError(SlotfsmError):
+    """Base of the client's errors.
+
+    ``route`` is the method and path, e.g. ``"POST /api/v1/load"``; the
+    message starts with it.
+    """
+
+    def __init__(self, route: str, detail: str) -> None:
+        super().__init__(f"{route}: {detail}")
+        self.route = route
+
+
+class ServerUnreachable(LemonadeError):
+    """No response: connection refused, reset or closed before an answer."""
+
+
+class ServerTimeout(LemonadeError):
+    """An httpx timeout (connect, write, pool or read)."""
+
+
+class ServerParseError(LemonadeError):
+    """A 2xx body that is not what the server promises, or one too large."""
+
+
+class ServerHTTPError(LemonadeError):
+    """The server answered with a non-2xx status.
+
+    ``message`` is the server's own message, from ``{"error": {"message": ...}}``
+    (``/load``), ``{"error": "..."}`` (``/unload``, 401, 405), or else the first
+    200 characters of the body.  ``code`` is the nested object's ``code`` (or
+    its ``type`` when it has no code); ``None`` for the plain-string shape.
+    """
+
+    def __init__(self, route: str, status: int, message: str, code: str | None = None) -> None:
+        detail = f"HTTP {status}: {message}"
+        if code is not None:
+            detail += f" ({code})"
+        super().__init__(route, detail)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class ValidationStopped(SlotfsmError):
+    """Raised by :func:`slotfsm.preload.validate_sync` when its ``stop`` event was set."""
+
+
+class GraphvizMissingError(SlotfsmError, RuntimeError):
+    """``slotfsm diagram --format svg`` needs Graphviz's ``dot`` program."""

@@ -48,7 +48,14 @@ import attrs
 import httpx
 
 from slotfsm.config import positive_seconds
-from slotfsm.errors import ConfigError, SlotfsmError
+from slotfsm.errors import (
+    ConfigError,
+    LemonadeError,
+    ServerHTTPError,
+    ServerParseError,
+    ServerTimeout,
+    ServerUnreachable,
+)
 
 __all__ = [
     "API_PREFIXES",
@@ -89,51 +96,8 @@ _MESSAGE_CHARS = 200
 # -- errors ------------------------------------------------------------------
 
 
-class LemonadeError(SlotfsmError):
-    """Base of the client's errors.
-
-    ``route`` is the method and path, e.g. ``"POST /api/v1/load"``; the
-    message starts with it.
-    """
-
-    def __init__(self, route: str, detail: str) -> None:
-        super().__init__(f"{route}: {detail}")
-        self.route = route
-
-
-class ServerUnreachable(LemonadeError):
-    """No response: connection refused, reset or closed before an answer."""
-
-
-class ServerTimeout(LemonadeError):
-    """An httpx timeout (connect, write, pool or read)."""
-
-
-class ServerParseError(LemonadeError):
-    """A 2xx body that is not what the server promises, or one too large."""
-
-
 class _TooBig(ServerParseError):
     """A 2xx body over the route's cap."""
-
-
-class ServerHTTPError(LemonadeError):
-    """The server answered with a non-2xx status.
-
-    ``message`` is the server's own message, from ``{"error": {"message": ...}}``
-    (``/load``), ``{"error": "..."}`` (``/unload``, 401, 405), or else the first
-    200 characters of the body.  ``code`` is the nested object's ``code`` (or
-    its ``type`` when it has no code); ``None`` for the plain-string shape.
-    """
-
-    def __init__(self, route: str, status: int, message: str, code: str | None = None) -> None:
-        detail = f"HTTP {status}: {message}"
-        if code is not None:
-            detail += f" ({code})"
-        super().__init__(route, detail)
-        self.status = status
-        self.message = message
-        self.code = code
 
 
 # -- values ------------------------------------------------------------------
@@ -397,11 +361,11 @@ class LemonadeClient:
             if value is None:
                 continue
             if key == "llamacpp_args" and not isinstance(value, str):
-                raise TypeError(f"llamacpp_args must be one string, got {type(value).__name__}")
+                raise ConfigError(f"llamacpp_args must be one string, got {type(value).__name__}")
             if not isinstance(value, str | int | float):
-                raise TypeError(f"option {key!r} has unsupported type {type(value).__name__}")
+                raise ConfigError(f"option {key!r} has unsupported type {type(value).__name__}")
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"option {key!r} must be finite, got {value!r}")
+                raise ConfigError(f"option {key!r} must be finite, got {value!r}")
             body[key] = value
         route, doc = await self._send(
             "POST",
@@ -636,7 +600,7 @@ class LemonadeClient:
 
 def _check_model_name(model_name: object) -> None:
     if not isinstance(model_name, str) or not model_name.strip():
-        raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+        raise ConfigError(f"model_name must be a non-empty string, got {model_name!r}")
 
 
 def _error_fields(data: bytes, status: int) -> tuple[str, str | None]:

@@ -69,7 +69,7 @@ from pathlib import Path
 import attrs
 
 from slotfsm._atomic import locked, write_atomically
-from slotfsm.errors import Failure, PreloadError, SlotfsmError
+from slotfsm.errors import ConfigError, Failure, PreloadError, ValidationStopped
 from slotfsm.registry import ModelEntry
 
 __all__ = [
@@ -112,10 +112,6 @@ class HashPolicy(enum.StrEnum):
     """Skip the hash when the file's fingerprint was already verified."""
 
 
-class ValidationStopped(SlotfsmError):
-    """Raised by :func:`validate_sync` when its ``stop`` event was set."""
-
-
 def fingerprint_of(st: os.stat_result) -> Fingerprint:
     """The fingerprint of the file state ``st`` describes."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -141,9 +137,9 @@ class FingerprintCache:
         path: str | os.PathLike[str] | None = None,
     ) -> None:
         if maxsize < 1:
-            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+            raise ConfigError(f"maxsize must be >= 1, got {maxsize}")
         if min_age < 0:
-            raise ValueError(f"min_age must be >= 0, got {min_age}")
+            raise ConfigError(f"min_age must be >= 0, got {min_age}")
         self.maxsize = maxsize
         self.min_age = min_age
         self.path = None if path is None else Path(path)
@@ -230,7 +226,7 @@ class FingerprintCache:
         """
         target = self.path if path is None else Path(path)
         if target is None:
-            raise ValueError("this cache has no file: give save() a path")
+            raise ConfigError("this cache has no file: give save() a path")
         with self._lock:
             if path is None and not self._dirty:
                 return False

@@ -226,7 +226,7 @@ class _Models:
 
     def remove(self, model: object) -> None:
         if self._models.pop(id(model), None) is None:
-            raise ValueError(f"{model!r} is not attached")
+            raise ConfigError(f"{model!r} is not attached")
 
 
 def _guard_callback(rule: Rule) -> Callable[[Any], bool]:
