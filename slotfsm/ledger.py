@@ -305,20 +305,17 @@ class Ledger:
         """The slot stopped waiting for ``ticket``'s answer (its timer fired, or a cancel).
 
         An unanswered ``/load`` becomes an arrival: it may still bring the
-        model up.  An answered one that did load the model leaves it stray.
+        model up.  (An answered one already left its mark: :meth:`answered`
+        marks a name a load may have brought up as stray until its owner
+        holds it.)
         """
         if ticket.abandoned:
             return
         ticket.abandoned = True
         entry = self._entries.get(ticket.name)
-        if entry is None:
-            return
-        if ticket.answer is None:
-            if ticket.kind == "load":
-                entry.arrivals += 1
-        elif ticket.kind == "load" and ticket.answer in (Answer.DONE, Answer.LOST):
-            entry.stray = True
-        self._changed()
+        if entry is not None and ticket.answer is None and ticket.kind == "load":
+            entry.arrivals += 1
+            self._changed()
 
     def answered(self, ticket: Ticket, answer: Answer) -> bool:
         """Record the answer to ``ticket``; True when the name now needs a clean-up.
