@@ -97,6 +97,8 @@ class Controller:
     command line's).  ``allow_unverified`` lets entries without a sha256 load
     after the checks that can run (off by default: ADR-0007 §1).
     ``transition_ring`` is how many records ``transitions(since=...)`` can replay.
+    ``api_prefix`` is where the API answers: ``/api/v1`` (the default) or ``/v1``
+    (every Lemonade route answers under both).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Controller:
         cache_path: str | os.PathLike[str] | None = None,
         allow_unverified: bool = False,
         transition_ring: int = 1024,
+        api_prefix: str = "/api/v1",
     ) -> None:
         self._registry = registry if isinstance(registry, Registry) else Registry(registry)
         self._configs: dict[str, SlotConfig] = {}
@@ -127,7 +130,11 @@ class Controller:
         if history < 1:
             raise ConfigError(f"history must be >= 1, got {history}")
         self._client = LemonadeClient(
-            lemonade_url, api_key=api_key, transport=transport, timeout=http_timeout
+            lemonade_url,
+            api_key=api_key,
+            transport=transport,
+            timeout=http_timeout,
+            api_prefix=api_prefix,
         )
         try:
             self._hash_policy = HashPolicy(hash_policy)

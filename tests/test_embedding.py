@@ -245,3 +245,21 @@ async def test_cancel_stops_a_validation_and_keeps_the_held_model(
         assert (snap.state, snap.model) == (SlotState.LOADED, "alpha")
         assert snap.error is not None and snap.error.kind is PreloadError.CANCELLED
         assert (await ctl.cancel("chat")) == ctl.snapshot("chat")  # settled: nothing to stop
+
+
+async def test_the_v1_prefix_works_as_well(
+    fake: FakeLemonade, models: dict[str, ModelEntry]
+) -> None:
+    from slotfsm import ConfigError, Controller
+
+    async with Controller(
+        lemonade_url="http://lemonade",
+        registry=list(models.values()),
+        slots=[SlotConfig("chat")],
+        transport=fake.transport(),
+        api_prefix="/v1",
+    ) as ctl:
+        assert (await ctl.load("chat", "alpha")).state is SlotState.LOADED
+    assert {r.path.rsplit("/", 1)[0] for r in fake.requests if r.route != "model"} == {"/v1"}
+    with pytest.raises(ConfigError):
+        Controller(lemonade_url="http://x", registry=[], api_prefix="/v2")
