@@ -118,7 +118,7 @@ class SlotActor:
         ledger: Ledger,
         validate: Validator,
         preflight: Preflight,
-        reconcile: Callable[[], Awaitable[None]],
+        reconcile: Callable[[str], Awaitable[None]],
         loaded_file: LoadedFile = lambda name: None,
         sequence: Callable[[], int],
         publish: Callable[[SlotTransition], None],
@@ -514,7 +514,11 @@ class SlotActor:
             )
             event = LoadFailed(failure)
         self._answered = True
-        await self._reconcile()
+        if isinstance(event, LoadSucceeded):
+            cause = f"the server made room for {name!r} (its LRU), loaded by slot {self.name!r}"
+        else:
+            cause = f"the server's evict-all after slot {self.name!r} failed to load {name!r}"
+        await self._reconcile(cause)
         if isinstance(event, LoadSucceeded):
             loaded = self._loaded_file(name)
             if loaded is not None and not same_file(loaded, effect.entry.path):

@@ -662,13 +662,14 @@ class Controller:
             except OSError as exc:
                 logger.warning("could not save the fingerprint cache %s: %s", self._cache_path, exc)
 
-    async def _reconcile_after_load(self) -> None:
+    async def _reconcile_after_load(self, cause: str) -> None:
         """After every ``/load``: even a 200 can hide an evict-all (ADR-0007).
 
         Any ``/health`` reading sent after this call, and handled by every
         slot, will do: loads that finish together share one reading.
+        ``cause`` names the load, for the eviction reports this reading makes.
         """
-        await self._watcher.observe(newer_than=self._sequence())
+        await self._watcher.observe(newer_than=self._sequence(), cause=cause)
 
     async def _deliver(self, observed: Observed) -> None:
         """Tell the slots a reading concerns, then settle the ledger with the same reading.

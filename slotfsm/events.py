@@ -193,6 +193,9 @@ class Observed:
     health: Health
     at: float
     seq: int = 0
+    cause: str = ""
+    """Why a model may be missing from this reading, when slotfsm can tell: the
+    re-read after a load of ours names that load; a periodic poll says so."""
 
 
 @attrs.frozen

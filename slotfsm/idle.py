@@ -82,12 +82,13 @@ class IdleWatcher:
         """The latest usable reading."""
         self.wall_offset = 0.0
 
-    async def observe(self, *, newer_than: int | None = None) -> Health | None:
+    async def observe(self, *, newer_than: int | None = None, cause: str = "") -> Health | None:
         """Read ``/health`` once and tell every slot; returns the reading.
 
         Returns ``None`` when the read failed.  With ``newer_than``, a reading
         already sent after that sequence number and handled by every slot is
-        enough: no new request is made, and ``None`` is returned.
+        enough: no new request is made, and ``None`` is returned.  ``cause``
+        says what an eviction this reading reveals is most likely due to.
         """
         async with self._lock:
             if newer_than is not None and self._delivered > newer_than:
@@ -102,7 +103,7 @@ class IdleWatcher:
                 logger.warning("health poll failed, trying again next interval: %s", exc)
                 return None
             self.last = Reading(health, at, seq, at + self.wall_offset)
-            await self._deliver(Observed(health, at, seq))
+            await self._deliver(Observed(health, at, seq, cause))
             self._delivered = seq
             return health
 

@@ -262,10 +262,13 @@ def evicted(
     data: SlotData, config: SlotConfig, event: Observed
 ) -> tuple[SlotData, tuple[Effect, ...]]:
     """The server dropped the slot's model behind its back: say so."""
+    cause = event.cause or "gone at a poll: another client, a server restart or its own eviction"
     failure = Failure(
         PreloadError.EVICTED,
-        f"model {data.model!r} was evicted by the server (no longer listed by /health)",
+        f"model {data.model!r} was evicted by the server (no longer listed by /health);"
+        f" cause: {cause}",
         model=data.model,
+        found=cause,
     )
     return attrs.evolve(_emptied(data, error=failure), target=data.target), _NONE
 

@@ -263,3 +263,22 @@ async def test_the_v1_prefix_works_as_well(
     assert {r.path.rsplit("/", 1)[0] for r in fake.requests if r.route != "model"} == {"/v1"}
     with pytest.raises(ConfigError):
         Controller(lemonade_url="http://x", registry=[], api_prefix="/v2")
+
+
+async def test_an_eviction_says_what_caused_it(
+    fake: FakeLemonade, make_controller: ControllerFactory
+) -> None:
+    async with make_controller(SlotConfig("a"), SlotConfig("b")) as ctl:
+        await ctl.load("a", "alpha")
+        with fake.failing("gamma", "llama-server failed to start"):
+            await ctl.load("b", "gamma")  # its failed start evicts everything
+        a = ctl.snapshot("a")
+        assert a.error is not None and a.error.kind is PreloadError.EVICTED
+        assert a.error.found is not None and "evict-all" in a.error.found
+        assert "'gamma'" in a.error.found
+        await ctl.load("a", "alpha")
+        fake.evict_all()  # someone else's doing: seen at a poll
+        await ctl.refresh()
+        a = ctl.snapshot("a")
+        assert a.error is not None and a.error.found is not None
+        assert "gone at a poll" in a.error.found

@@ -125,7 +125,7 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
     async def passes(_: ModelEntry) -> None:
         return None
 
-    async def no_reconcile() -> None:
+    async def no_reconcile(cause: str) -> None:
         return None
 
     ledger = Ledger(counter)
