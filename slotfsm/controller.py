@@ -54,7 +54,7 @@ from slotfsm.preflight import check_args, check_backend, file_for_checkpoint, sa
 from slotfsm.preload import FingerprintCache, HashPolicy, validate
 from slotfsm.registry import ModelEntry, Registry
 from slotfsm.rulebook import Rulebook
-from slotfsm.rules import idle_expired
+from slotfsm.rules import has_news
 from slotfsm.snapshot import Gap, SlotSnapshot, SlotTransition
 from slotfsm.statefile import Record, StateLock, check_path, read_state, write_state
 from slotfsm.states import SlotData, SlotState
@@ -671,7 +671,7 @@ class Controller:
         """
         await self._watcher.observe(newer_than=self._sequence(), cause=cause)
 
-    async def _deliver(self, observed: Observed) -> None:
+    async def _deliver(self, observed: Observed) -> int:
         """Tell the slots a reading concerns, then settle the ledger with the same reading.
 
         Slots go first: a slot that learns its model is gone releases it, and
@@ -680,9 +680,11 @@ class Controller:
         :meth:`_concerned`): the others are not told, so a pass costs what
         changed, not the number of slots.
         """
-        await self._tell_slots(self._concerned(observed), observed)
+        concerned = self._concerned(observed)
+        await self._tell_slots(concerned, observed)
         for name in self._ledger.observed(observed.health, observed.seq):
             self._courier.clean_up(name)
+        return len(concerned)
 
     async def _tell_slots(self, actors: list[SlotActor], observed: Observed) -> None:
         remaining = len(actors)
@@ -710,7 +712,7 @@ class Controller:
         waiting is idle or in error (or about to be, with nothing queued that
         leaves those states): a reading changes nothing there.  Of the
         others, a slot with an event queued is always told; an idle mailbox
-        is told only what :meth:`_has_news` finds.
+        is told only what :func:`slotfsm.rules.has_news` finds.
         """
         slots = dict.fromkeys(self._ledger.owners())
         slots.update(dict.fromkeys(self._ledger.claimants()))
@@ -720,42 +722,9 @@ class Controller:
             if actor is None:
                 continue
             interest = actor.interest
-            if interest is None or self._has_news(*interest, observed):
+            if interest is None or has_news(*interest, observed):
                 concerned.append(actor)
         return concerned
-
-    @staticmethod
-    def _has_news(state: SlotState, data: SlotData, config: SlotConfig, observed: Observed) -> bool:
-        """Whether an ``Observed`` rule would change this slot (else it is not told).
-
-        False only where the rule table keeps the state and the data: the states
-        with no ``Observed`` rule but a no-op; ``loading`` with its target listed
-        (or already noted missing); a held model not listed in a reading older
-        than its load; and a held model listed, already seen, with the same
-        ``last_use``, not busy and — in ``loaded`` — not idle for
-        ``idle_timeout`` as :func:`~slotfsm.rules.idle_expired` itself decides
-        (ADR-0007 §2: a first sighting never expires, ``last_use`` is compared for
-        equality only).
-        """
-        if state is SlotState.LOADED or state is SlotState.VALIDATING:
-            if data.model is None:
-                return False
-            row = observed.health.get(data.model)
-            if row is None:
-                return observed.seq > data.loaded_seq  # model_gone
-            if row.last_use != data.last_use or row.busy or not data.seen:
-                return True  # track_use: use, or a first sighting
-            if (  # not idle long enough, compared as the guard compares it
-                state is SlotState.VALIDATING
-                or not config.idle_timeout
-                or data.used_at is None
-                or observed.at - data.used_at < config.idle_timeout
-            ):
-                return False
-            return idle_expired(data, config, observed)
-        if state is SlotState.LOADING and data.target is not None:
-            return data.target.name not in observed.health and observed.seq > data.gone_seq
-        return False
 
     def _cleaned(self, name: str, origin: str | None) -> None:
         """A clean-up unloaded ``name``: say so in the stream, on the slot that left it."""

@@ -64,7 +64,7 @@ class IdleWatcher:
     def __init__(
         self,
         client: LemonadeClient,
-        deliver: Callable[[Observed], Awaitable[None]],
+        deliver: Callable[[Observed], Awaitable[int]],
         sequence: Callable[[], int],
         interval: float = 30.0,
     ) -> None:
@@ -78,6 +78,9 @@ class IdleWatcher:
         """How many ``/health`` requests were sent (periodic and post-load)."""
         self.failures = 0
         """How many of them gave nothing usable."""
+        self.told = 0
+        """How many deliveries to slots the readings made (a slot a reading cannot change
+        is not told)."""
         self.last: Reading | None = None
         """The latest usable reading."""
         self.wall_offset = 0.0
@@ -103,7 +106,7 @@ class IdleWatcher:
                 logger.warning("health poll failed, trying again next interval: %s", exc)
                 return None
             self.last = Reading(health, at, seq, at + self.wall_offset)
-            await self._deliver(Observed(health, at, seq, cause))
+            self.told += await self._deliver(Observed(health, at, seq, cause))
             self._delivered = seq
             return health
 

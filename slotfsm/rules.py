@@ -48,6 +48,7 @@ __all__ = [
     "Rule",
     "StateTimer",
     "Update",
+    "has_news",
 ]
 
 Guard: TypeAlias = Callable[[SlotData, SlotConfig, Any], bool]
@@ -102,6 +103,39 @@ def idle_expired(data: SlotData, config: SlotConfig, event: Observed) -> bool:
     if seen is None or seen.busy or not data.seen or seen.last_use != data.last_use:
         return False
     return event.at - data.used_at >= config.idle_timeout
+
+
+def has_news(state: SlotState, data: SlotData, config: SlotConfig, observed: Observed) -> bool:
+    """Whether an ``Observed`` rule would change this slot: the controller tells no other.
+
+    False only where the rule table keeps the state and the data: the states
+    with no ``Observed`` rule but a no-op; ``loading`` with its target listed
+    (or already noted missing); a held model not listed in a reading older
+    than its load; and a held model listed, already seen, with the same
+    ``last_use``, not busy and — in ``loaded`` — not idle for
+    ``idle_timeout`` as :func:`idle_expired` itself decides
+    (ADR-0007 §2: a first sighting never expires, ``last_use`` is compared for
+    equality only).
+    """
+    if state is SlotState.LOADED or state is SlotState.VALIDATING:
+        if data.model is None:
+            return False
+        row = observed.health.get(data.model)
+        if row is None:
+            return observed.seq > data.loaded_seq  # model_gone
+        if row.last_use != data.last_use or row.busy or not data.seen:
+            return True  # track_use: use, or a first sighting
+        if (  # not idle long enough, compared as the guard compares it
+            state is SlotState.VALIDATING
+            or not config.idle_timeout
+            or data.used_at is None
+            or observed.at - data.used_at < config.idle_timeout
+        ):
+            return False
+        return idle_expired(data, config, observed)
+    if state is SlotState.LOADING and data.target is not None:
+        return data.target.name not in observed.health and observed.seq > data.gone_seq
+    return False
 
 
 # -- updates (pure) ---------------------------------------------------------------

@@ -11,12 +11,10 @@ printed by ``tests/bench/bench_scale.py``.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,7 @@ import attrs
 import httpx
 import hypothesis.strategies as st
 import pytest
-import trio.testing
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from kit import examples
 
 from slotfsm import (
@@ -39,11 +36,12 @@ from slotfsm import (
     SlotState,
 )
 from slotfsm.actor import SlotActor
-from slotfsm.events import Event, Observed, UseChanged
+from slotfsm.events import Event, Observed
 from slotfsm.ledger import Answer, Ledger, Phase, Ticket
 from slotfsm.rulebook import Rulebook, SlotMachine
+from slotfsm.rules import has_news
 from slotfsm.states import SlotData
-from slotfsm.testing import FakeLemonade, FakeModel, Switch
+from slotfsm.testing import FakeLemonade, FakeModel
 from slotfsm.testing.files import write_model
 
 NAMES = ("alpha", "beta", "gamma", "delta")
@@ -113,7 +111,7 @@ def test_a_slot_not_told_is_one_the_reading_would_not_change(
     state, data, config, observed = case
     slot = SlotMachine(config, data)
     BOOK.attach(slot, state)
-    told = Controller._has_news(state, data, config, observed)
+    told = has_news(state, data, config, observed)
     BOOK.step(slot, observed)
     BOOK.detach(slot)
     if not told:
@@ -129,7 +127,7 @@ def test_the_filter_skips_a_slot_with_nothing_new_and_tells_one_with_news() -> N
         row = LoadedModel("alpha", last_use=last_use, busy=busy)
         return Observed(Health(status="ok", models=(row,)), at, seq=5)
 
-    news = Controller._has_news
+    news = has_news
     assert not news(SlotState.LOADED, data, config, reading(at=109.0))
     assert news(SlotState.LOADED, data, config, reading(at=110.0))  # idle for idle_timeout
     assert news(SlotState.LOADED, data, config, reading(at=101.0, last_use=8))
@@ -139,132 +137,6 @@ def test_the_filter_skips_a_slot_with_nothing_new_and_tells_one_with_news() -> N
     assert news(SlotState.LOADED, data, config, gone)
     assert not news(SlotState.LOADED, attrs.evolve(data, loaded_seq=5), config, gone)
     assert not news(SlotState.IDLE, data, config, gone)
-
-
-# -- the filter, in a running controller against one that tells every slot ----------------
-
-SLOTS = ("s0", "s1", "s2")
-commands = st.one_of(
-    st.tuples(st.just("load"), st.sampled_from(SLOTS), st.sampled_from(NAMES)),
-    st.tuples(st.just("unload"), st.sampled_from(SLOTS)),
-    st.tuples(st.just("mark"), st.sampled_from(SLOTS)),
-    st.tuples(st.just("unmark"), st.sampled_from(SLOTS)),
-)
-server_events = st.one_of(
-    st.tuples(st.just("use"), st.sampled_from(NAMES)),
-    st.tuples(st.just("busy"), st.sampled_from(NAMES), st.booleans()),
-    st.tuples(st.just("evict_all")),
-)
-Step = tuple[tuple[Any, ...] | None, float, tuple[Any, ...] | None, bool]
-steps = st.tuples(
-    st.none() | commands,
-    st.sampled_from([0.0, 1.0, 4.0, 5.0, 10.0]),
-    st.none() | server_events,
-    st.booleans(),
-)
-"""A command, seconds passing, something the server does, and maybe a reading."""
-
-
-class Twin:
-    """One controller with its own fake server and its open ``in_use`` marks."""
-
-    def __init__(self, entries: list[ModelEntry], *, tell_all: bool) -> None:
-        self.fake = FakeLemonade(
-            [FakeModel.for_file(e.name, e.path) for e in entries],
-            max_models={"llm": -1},
-            newer_fields=True,
-        )
-        configs = [SlotConfig(s, idle_timeout=10.0 if s != "s2" else None) for s in SLOTS]
-        self.ctl = Controller(
-            lemonade_url="http://lemonade",
-            registry=entries,
-            slots=configs,
-            transport=self.fake.transport(),
-            poll_interval=1e9,
-        )
-        if tell_all:  # the delivery before the filter: every slot, every reading
-            self.ctl._concerned = lambda observed: list(self.ctl._actors.values())  # type: ignore[method-assign]
-        self.marks: dict[str, list[AsyncExitStack]] = {s: [] for s in SLOTS}
-        self.busy: dict[str, Switch[object]] = {}
-
-    async def do(self, action: tuple[Any, ...]) -> None:
-        kind, *args = action
-        ctl, fake = self.ctl, self.fake
-        if kind == "load":
-            with contextlib.suppress(ModelInUseError):  # another slot holds it
-                await ctl.load(args[0], args[1])
-        elif kind == "unload":
-            await ctl.unload(args[0])
-        elif kind in ("use", "busy") and args[0] in fake.loaded_models():
-            if kind == "use":
-                fake.mark_used(args[0])
-            elif args[1] and args[0] not in self.busy:
-                self.busy[args[0]] = fake.busy(args[0])
-            elif not args[1] and args[0] in self.busy:
-                self.busy.pop(args[0]).off()
-        elif kind == "mark":
-            stack = AsyncExitStack()
-            await stack.enter_async_context(ctl.in_use(args[0]))
-            self.marks[args[0]].append(stack)
-        elif kind == "unmark" and self.marks[args[0]]:
-            await self.marks[args[0]].pop().aclose()
-        elif kind == "evict_all":
-            fake.evict_all()
-
-    def slots(self) -> dict[str, tuple[SlotState, SlotData]]:
-        machines = {name: actor._machine for name, actor in self.ctl._actors.items()}
-        return {name: (m.state, m.data) for name, m in machines.items()}
-
-
-async def run_twins(directory: Path, program: list[Step]) -> None:
-    entries = [write_model(directory, name) for name in NAMES]
-    filtered = Twin(entries, tell_all=False)
-    full = Twin(entries, tell_all=True)
-    clock = trio.lowlevel.current_clock()
-    assert isinstance(clock, trio.testing.MockClock)
-    async with filtered.ctl, full.ctl:
-        for command, seconds, event, refresh in program:
-            for twin in (filtered, full):
-                if command is not None:
-                    await twin.do(command)
-                await trio.testing.wait_all_tasks_blocked()
-            clock.jump(seconds)
-            for twin in (filtered, full):
-                if event is not None:
-                    await twin.do(event)
-                if refresh:
-                    await twin.ctl.refresh()
-            await trio.testing.wait_all_tasks_blocked()
-            assert filtered.slots() == full.slots(), (command, seconds, event, refresh)
-        for twin in (filtered, full):
-            for stacks in twin.marks.values():
-                for stack in stacks:
-                    await stack.aclose()
-
-
-@settings(max_examples=examples(100))
-@given(program=st.lists(steps, min_size=1, max_size=20))
-@example(  # used, then idle for exactly idle_timeout: unloaded
-    program=[
-        (("load", "s0", "alpha"), 0.0, None, True),
-        (None, 1.0, ("use", "alpha"), True),
-        (None, 10.0, None, True),
-    ]
-)
-@example(  # a first sighting, then idle for exactly idle_timeout: unloaded
-    program=[(("load", "s0", "alpha"), 0.0, None, True), (None, 10.0, None, True)]
-)
-def test_filtered_and_full_delivery_give_the_same_slots(
-    tmp_path_factory: Any, program: list[Step]
-) -> None:
-    """Two controllers, same commands, same server events, same clock: one filters, one tells all.
-
-    After every step both have every slot in the same state with the same data
-    (idle expiry, eviction, first sightings, use and busy marks included).
-    """
-    directory = tmp_path_factory.mktemp("models")
-    clock = trio.testing.MockClock()  # stands still unless a step jumps it
-    anyio.run(run_twins, directory, program, backend="trio", backend_options={"clock": clock})
 
 
 # -- the ledger's indexes ----------------------------------------------------------------
@@ -491,37 +363,9 @@ async def test_a_reading_is_told_only_to_the_slots_it_changes(
         assert observed_by == {"s9": 1}
         assert ctl.snapshot("s9").state is SlotState.IDLE  # told, and evicted
         assert ctl.snapshot("s8").state is SlotState.LOADED
-
-
-@pytest.mark.anyio
-async def test_a_slot_with_an_event_waiting_is_told_whatever_its_data_says(
-    tmp_path: Path,
-) -> None:
-    """The filter judges a slot by its data only once its mailbox is empty.
-
-    A queued event may change the slot before the reading reaches it (an
-    ``unload`` that failed puts it back in ``loaded``): such a slot is told.
-    A slot that owns nothing and waits for no load is idle or in error.
-    """
-    entries = shared_file_registry(tmp_path, 2)
-    fake = FakeLemonade(
-        [FakeModel.for_file(e.name, e.path) for e in entries], max_models={"llm": -1}
-    )
-    async with controller_on(fake, entries, 2) as ctl:
-        await ctl.load("s0", "m0")
-        health = await ctl.refresh()
-        assert health is not None
-        loaded, empty = ctl._actors["s0"], ctl._actors["s1"]
-        news = Observed(health, anyio.current_time(), seq=1 << 40)  # nothing in it is new
-        now = anyio.current_time()
-        for actor in (loaded, empty):
-            actor.tell(UseChanged(+1, now))
-            actor.tell(UseChanged(-1, now))
-            assert actor.interest is None
-        assert ctl._concerned(news) == [loaded]
-        ctl.ledger.reserve("s1", "m1")  # a load command on its way to s1
-        assert ctl._concerned(news) == [loaded, empty]
-        ctl.ledger.release("s1", "m1")
+        told = ctl.idle_watcher.told
+        await ctl.refresh()
+        assert ctl.idle_watcher.told == told  # the public count agrees: nothing new, no one told
 
 
 async def pass_and_cycle(directory: Path, slots: int) -> tuple[float, float]:
