@@ -36,7 +36,7 @@ import httpx
 from anyio.abc import TaskGroup
 
 from slotfsm.actor import SlotActor
-from slotfsm.config import SlotConfig
+from slotfsm.config import SlotConfig, positive_seconds
 from slotfsm.courier import Courier
 from slotfsm.errors import (
     ConfigError,
@@ -49,7 +49,7 @@ from slotfsm.errors import (
 from slotfsm.events import Cancel, Load, Observed, Reset, Unload, UseChanged
 from slotfsm.idle import IdleWatcher, Reading
 from slotfsm.ledger import Ledger, Phase
-from slotfsm.lemonade import DEFAULT_TIMEOUT, Health, LemonadeClient, LemonadeError
+from slotfsm.lemonade import DEFAULT_TIMEOUT, Health, LemonadeClient, LemonadeError, ModelInfo
 from slotfsm.preflight import check_args, check_backend, file_for_checkpoint, same_file
 from slotfsm.preload import FingerprintCache, HashPolicy, validate
 from slotfsm.registry import ModelEntry, Registry
@@ -98,7 +98,11 @@ class Controller:
     after the checks that can run (off by default: ADR-0007 §1).
     ``transition_ring`` is how many records ``transitions(since=...)`` can replay.
     ``api_prefix`` is where the API answers: ``/api/v1`` (the default) or ``/v1``
-    (every Lemonade route answers under both).
+    (every Lemonade route answers under both).  ``unmanaged_idle_timeout``
+    (off by default) also unloads models nobody here loaded — another
+    client's, or the server's on-demand loads — once their ``last_use`` has
+    not moved for that long; a model a slot owns or the ledger knows is never
+    touched by it.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Controller:
         allow_unverified: bool = False,
         transition_ring: int = 1024,
         api_prefix: str = "/api/v1",
+        unmanaged_idle_timeout: float | None = None,
     ) -> None:
         self._registry = registry if isinstance(registry, Registry) else Registry(registry)
         self._configs: dict[str, SlotConfig] = {}
@@ -147,7 +152,13 @@ class Controller:
         self._cache_path = cache_path
         self._cache_dirty: anyio.Event | None = None
         self._allow_unverified = bool(allow_unverified)
-        self._checkpoints: dict[str, str | None] = {}  # name -> the server's checkpoint
+        self._unmanaged_after = (
+            None
+            if unmanaged_idle_timeout is None
+            else positive_seconds("unmanaged_idle_timeout", unmanaged_idle_timeout)
+        )
+        self._unmanaged: dict[str, tuple[int | None, float]] = {}  # name -> (last_use, since)
+        self._models: dict[str, ModelInfo] = {}  # name -> what the server says of it
         self._system: Mapping[str, str] | None = None  # llama.cpp backends and their states
         self._wall_offset = 0.0
         self._state_path = state_path
@@ -408,7 +419,7 @@ class Controller:
         loaded model that left the registry is still idle-unloaded.
         """
         self._registry = registry if isinstance(registry, Registry) else Registry(registry)
-        self._checkpoints.clear()
+        self._models.clear()
         if self._running:
             now = anyio.current_time()
             record = SlotTransition(
@@ -601,9 +612,20 @@ class Controller:
             refused = check_backend(entry.name, options, await self._backends())
         if refused is not None:
             return refused, None
-        checkpoint = await self._checkpoint(entry.name)
+        info = await self._model_info(entry.name)
+        if info is not None and info.id != entry.name:
+            failure = Failure(
+                PreloadError.LOAD_FAILED,
+                f"the server lists {entry.name!r} as {info.id!r}: its /health rows would not match;"
+                f" name the registry entry {info.id!r}; nothing sent",
+                path=entry.path,
+                model=entry.name,
+                expected=entry.name,
+                found=info.id,
+            )
+            return failure, None
         # A stat or two, inline like the checks of a cached validation (ADR-0007 §1).
-        loads = file_for_checkpoint(checkpoint)
+        loads = file_for_checkpoint(info.checkpoint if info is not None else None)
         if loads is None:
             return None, None
         if same_file(loads, entry.path):
@@ -629,19 +651,15 @@ class Controller:
             self._system = info.llamacpp_backends
         return self._system
 
-    async def _checkpoint(self, name: str) -> str | None:
-        if name not in self._checkpoints:
+    async def _model_info(self, name: str) -> ModelInfo | None:
+        """What ``GET /api/v1/models/{name}`` says (kept per name), or ``None`` if it cannot say."""
+        if name not in self._models:
             try:
-                info = await self._client.model_info(name)
+                self._models[name] = await self._client.model_info(name)
             except LemonadeError as exc:
-                logger.info("cannot ask the server which file %s is: %s", name, exc)
+                logger.info("cannot ask the server about %s: %s", name, exc)
                 return None
-            if info.id != name:
-                logger.warning(
-                    "the server calls %s %r; /health rows are matched by %r", name, info.id, name
-                )
-            self._checkpoints[name] = info.checkpoint
-        return self._checkpoints[name]
+        return self._models[name]
 
     def _loaded_file(self, name: str) -> str | None:
         reading = self._watcher.last
@@ -684,7 +702,28 @@ class Controller:
         await self._tell_slots(concerned, observed)
         for name in self._ledger.observed(observed.health, observed.seq):
             self._courier.clean_up(name)
+        if self._unmanaged_after is not None:
+            self._unload_idle_unmanaged(observed, self._unmanaged_after)
         return len(concerned)
+
+    def _unload_idle_unmanaged(self, observed: Observed, after: float) -> None:
+        """The optional policy: unload models nobody here loaded once idle for ``after`` s.
+
+        Idleness is measured as for a slot (ADR-0007 §2): on slotfsm's clock,
+        from the last reading whose ``last_use`` differed; a first sighting
+        never expires; a busy row is use.
+        """
+        seen: dict[str, tuple[int | None, float]] = {}
+        for row in observed.health.models:
+            if row.name in self._ledger:
+                continue  # a slot's, or ours to clean up: never this policy's
+            last_use, since = self._unmanaged.get(row.name, (row.last_use, observed.at))
+            if row.last_use != last_use or row.busy:
+                since = observed.at
+            seen[row.name] = (row.last_use, since)
+            if row.name in self._unmanaged and observed.at - since >= after:
+                self._courier.unload_unmanaged(row.name)
+        self._unmanaged = seen
 
     async def _tell_slots(self, actors: list[SlotActor], observed: Observed) -> None:
         remaining = len(actors)

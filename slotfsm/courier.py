@@ -101,6 +101,23 @@ class Courier:
         send = functools.partial(self._client.unload, name)
         self._task_group().start_soon(self._run, ticket, send, None)
 
+    def unload_unmanaged(self, name: str) -> None:
+        """Unload ``name``, a model the ledger does not know (someone else loaded it).
+
+        The controller's optional policy for idle unmanaged models: the name
+        is in the ledger while its unload is in flight, and stays there (to be
+        tried again when seen) only if that unload fails.
+        """
+        if name in self._ledger:
+            return
+        ticket = self._ledger.sent(name, None, "unload")
+        ticket.abandoned = True
+        self._cleaning[name] = anyio.Event()
+        self._origins[name] = None
+        logger.info("unloading %s: loaded by someone else and idle too long", name)
+        send = functools.partial(self._client.unload, name)
+        self._task_group().start_soon(self._run, ticket, send, None)
+
     def abandon(self, slot: str) -> None:
         """``slot`` stops waiting for its requests (its state changed): record it now.
 

@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from checks import loads_of
-from kit import ControllerFactory
+from kit import ControllerFactory, virtual_time
 
 from slotfsm import (
     ConfigError,
@@ -282,3 +283,26 @@ async def test_an_eviction_says_what_caused_it(
         a = ctl.snapshot("a")
         assert a.error is not None and a.error.found is not None
         assert "gone at a poll" in a.error.found
+
+
+@virtual_time
+async def test_an_optional_policy_unloads_idle_models_nobody_here_loaded(
+    fake: FakeLemonade, make_controller: ControllerFactory
+) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(transport=fake.transport(), base_url="http://x") as other:
+        for name in ("alpha", "gamma"):  # another client's models
+            (await other.post("/api/v1/load", json={"model_name": name})).raise_for_status()
+    slot = SlotConfig("chat", idle_timeout=None)
+    async with make_controller(slot, unmanaged_idle_timeout=60, poll_interval=30) as ctl:
+        await ctl.load("chat", "beta")
+        for _ in range(5):  # gamma is used all along; alpha is not
+            fake.mark_used("gamma")
+            await anyio.sleep(30)
+        assert sorted(fake.loaded_models()) == ["beta", "gamma"]
+        assert ctl.snapshot("chat").model == "beta"  # a slot's model is never this policy's
+        assert ctl.ledger.owed() == ()
+    async with make_controller(SlotConfig("chat")) as ctl:  # off by default
+        await anyio.lowlevel.checkpoint()
+    assert sorted(fake.loaded_models()) == ["beta", "gamma"]

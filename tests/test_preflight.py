@@ -143,3 +143,32 @@ def test_the_file_of_a_checkpoint(tmp_path: Path) -> None:
         (folder / name).write_bytes(b"x")
     assert file_for_checkpoint(str(folder)) == folder / "b.gguf"  # first non-mmproj, by name
     assert file_for_checkpoint(str(folder / "c.gguf")) == folder / "c.gguf"
+
+
+async def test_a_name_the_server_lists_otherwise_is_refused_before_anything_is_sent(
+    fake: FakeLemonade, models: dict[str, ModelEntry]
+) -> None:
+    """The ledger and /health match by the server's own id: a name it calls differently is
+    refused with that id in the message, not loaded and then mistaken for evicted."""
+    import httpx
+
+    from slotfsm import Controller
+
+    inner = fake.transport()
+
+    class Renaming(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/api/v1/models/alpha":
+                return httpx.Response(200, json={"id": "alpha-q4", "checkpoint": "org/a:Q4"})
+            return await inner.handle_async_request(request)
+
+    async with Controller(
+        lemonade_url="http://lemonade",
+        registry=list(models.values()),
+        slots=[SlotConfig("chat")],
+        transport=Renaming(),
+    ) as ctl:
+        snap = await ctl.load("chat", "alpha")
+    assert snap.state is SlotState.ERROR and snap.error is not None
+    assert snap.error.found == "alpha-q4" and "nothing sent" in snap.error.message
+    assert loads_of(fake, "alpha") == []
