@@ -540,7 +540,7 @@ class SlotActor:
         failure = Failure(
             PreloadError.UNLOAD_FAILED, f"unloading {model!r} failed: {error}", model=model
         )
-        return UnloadFailed(failure)
+        return UnloadFailed(failure, anyio.current_time())
 
 
 def _crashed(effect: Effect, exc: Exception) -> Event:

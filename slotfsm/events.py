@@ -173,10 +173,11 @@ class Unloaded:
 
 @attrs.frozen
 class UnloadFailed:
-    """``/unload`` failed (or could not be sent)."""
+    """``/unload`` failed (or could not be sent), at ``at`` on slotfsm's clock."""
 
     trigger: ClassVar[Trigger] = Trigger.UNLOAD_FAILED
     failure: Failure
+    at: float = 0.0
 
 
 # -- observations ---------------------------------------------------------------

@@ -99,6 +99,8 @@ def idle_expired(data: SlotData, config: SlotConfig, event: Observed) -> bool:
     """
     if not config.idle_timeout or data.model is None or data.in_use or data.used_at is None:
         return False
+    if data.retry_at is not None and event.at < data.retry_at:
+        return False  # an idle unload failed: the backoff is not over
     seen = event.health.get(data.model)
     if seen is None or seen.busy or not data.seen or seen.last_use != data.last_use:
         return False
@@ -205,6 +207,8 @@ def loaded(
         loaded_seq=event.seq,
         unverified=data.target is not None and not data.target.verified,
         confirmed=event.confirmed,
+        unload_failures=0,
+        retry_at=None,
     )
     return new, _NONE
 
@@ -266,9 +270,14 @@ def unload_failed(
     """The unload failed: the model may still be there, and it is still the slot's.
 
     The slot stays ``loaded`` with the failure noted; an explicit ``unload``
-    (or the next idle expiry) tries again.
+    tries again at once, the idle rule after a bounded backoff (30 s, doubling
+    up to 480 s; over as soon as the model shows use or leaves).
     """
-    return attrs.evolve(data, error=event.failure), _NONE
+    failures = data.unload_failures + 1
+    retry_at = event.at + min(30.0 * 2 ** (failures - 1), 480.0)
+    return attrs.evolve(
+        data, error=event.failure, unload_failures=failures, retry_at=retry_at
+    ), _NONE
 
 
 def note_target_missing(
@@ -326,7 +335,8 @@ def track_use(
         return attrs.evolve(data, seen=True, last_use=seen.last_use), _NONE
     if seen.last_use != data.last_use or seen.busy:
         used_at = max(event.at, data.used_at or event.at)  # an old reading never turns it back
-        return attrs.evolve(data, last_use=seen.last_use, used_at=used_at), _NONE
+        new = attrs.evolve(data, last_use=seen.last_use, used_at=used_at)
+        return attrs.evolve(new, unload_failures=0, retry_at=None), _NONE
     return data, _NONE
 
 
@@ -335,7 +345,10 @@ def count_use(
 ) -> tuple[SlotData, tuple[Effect, ...]]:
     """A caller started or stopped using the model: that is use, so the idle clock restarts."""
     in_use = max(0, data.in_use + event.delta)
-    return attrs.evolve(data, in_use=in_use, used_at=event.at if data.model else None), _NONE
+    used_at = event.at if data.model else None
+    return attrs.evolve(
+        data, in_use=in_use, used_at=used_at, unload_failures=0, retry_at=None
+    ), _NONE
 
 
 def _emptied(data: SlotData, *, error: Failure | None = None) -> SlotData:

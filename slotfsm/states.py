@@ -46,6 +46,8 @@ class SlotData:
       showed use (or was loaded); ``loaded_seq``: the sequence number of its
       load's answer; ``gone_seq``: the latest observation, while loading, that
       did not list the target.
+    * ``unload_failures``: unloads of ``model`` that failed in a row; the idle
+      rule tries again no sooner than ``retry_at`` (a bounded backoff).
     * ``in_use``: callers inside ``Controller.in_use``; ``unverified``: ``model``
       was loaded without a sha256 to check (allowed explicitly);
       ``confirmed``: the server said which file it loads for the name and it is
@@ -66,5 +68,7 @@ class SlotData:
     loaded_seq: int = 0
     gone_seq: int = 0
     in_use: int = 0
+    unload_failures: int = 0
+    retry_at: float | None = None
     unverified: bool = False
     confirmed: bool | None = None

@@ -274,6 +274,36 @@ async def test_a_failed_idle_unload_keeps_the_model_with_an_error_and_others_go_
         assert fake.loaded_models() == []
 
 
+@virtual
+async def test_a_failed_idle_unload_is_retried_with_a_bounded_backoff(
+    fake: FakeLemonade, make_controller: ControllerFactory
+) -> None:
+    """Idle at 300 s, polled every 30 s: tries at +0, +30, +90, +210, +450, then every 480 s."""
+    transport = FailingUnloads(fake, "alpha")
+    async with (
+        make_controller(SlotConfig("a"), transport=transport) as ctl,
+        ctl.transitions() as log,
+    ):
+        await ctl.load("a", "alpha")
+        tries: list[float] = []
+
+        async def count() -> None:
+            async for record in log:
+                if record.trigger == "observed" and record.dest is SlotState.UNLOADING:
+                    tries.append(record.at)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(count)
+            await anyio.sleep(300 + 1000)
+            group.cancel_scope.cancel()
+        gaps = [round(b - a) for a, b in itertools.pairwise(tries)]
+        assert gaps == [30, 60, 120, 240, 480], gaps
+        assert ctl.snapshot("a").model == "alpha"
+        transport.models.clear()  # the server lets go: the next due try works
+        await anyio.sleep(480)
+        assert ctl.snapshot("a").state is SlotState.IDLE and fake.loaded_models() == []
+
+
 async def test_late_arrival_after_a_timeout_is_unloaded_not_adopted(
     models: dict[str, ModelEntry],
 ) -> None:
