@@ -388,6 +388,8 @@ class Controller:
         """
         actor = self._actor(name)
         snap = await actor.command(Unload())
+        if self._actors.get(name) is not actor:  # removed meanwhile by another caller
+            raise UnknownSlotError(f"slot {name!r} was removed")
         if snap.model is not None:
             snap.raise_for_failure()
         actor.note("slot_removed", f"slot {name!r} removed")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import anyio
+
 from slotfsm import Controller
 from slotfsm.testing import FakeLemonade
 
@@ -61,20 +63,33 @@ async def check_quiescent(ctl: Controller, fake: FakeLemonade, ours: Collection[
     clean-ups the ledger owes; one more poll later, the clean-ups are gone (all but the
     :func:`unknowable`, which are not on the server)."""
     await ctl.refresh()
+    await settled(ctl, fake)
     check_step(ctl, fake, ours)
     on_server = {n for n in fake.loaded_models() if n in ours}
     owed = set(ctl.ledger.owed())
     assert on_server <= held(ctl) | owed, (on_server, held(ctl), owed)
     assert not on_server & unknowable(ctl)  # a sighting settles them
     assert held(ctl) <= on_server, (held(ctl), on_server)
-    await fake_settled(fake)
     await ctl.refresh()
-    await fake_settled(fake)
+    await settled(ctl, fake)
     check_step(ctl, fake, ours)
     left = set(ctl.ledger.owed()) - unknowable(ctl)
-    assert not left, ctl.ledger.entries()
+    assert not left, (left, dict(ctl.ledger.entries()), ctl.snapshots())
     on_server = {n for n in fake.loaded_models() if n in ours}
     assert on_server == held(ctl), (on_server, ctl.snapshots(), ctl.ledger.entries())
+
+
+async def settled(ctl: Controller, fake: FakeLemonade) -> None:
+    """Wait until every request of ours is answered and its answer is in the ledger.
+
+    A reading starts its clean-ups in the background: they must have gone out
+    and come back before the next reading can be judged.
+    """
+    while True:
+        await anyio.wait_all_tasks_blocked()
+        if not any(e.pending for e in ctl.ledger.entries().values()):
+            return
+        await fake.wait_changed()
 
 
 async def fake_settled(fake: FakeLemonade) -> None:

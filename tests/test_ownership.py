@@ -22,7 +22,7 @@ from kit import ControllerFactory, examples, virtual_clock, virtual_time
 from oracle import check_quiescent, check_step, fake_settled
 
 from slotfsm import Controller, ModelEntry, ModelInUseError, PreloadError, SlotConfig
-from slotfsm.errors import ControllerClosedError
+from slotfsm.errors import ControllerClosedError, FailureError, UnknownSlotError
 from slotfsm.testing import FakeLemonade, FakeModel, Switch
 from slotfsm.testing.files import write_model
 
@@ -156,7 +156,10 @@ MODELS = ("m0", "m1", "m2", "m3")
 
 step = st.one_of(
     st.tuples(st.just("load"), st.sampled_from(SLOTS), st.sampled_from(MODELS)),
-    st.tuples(st.sampled_from(["unload", "reset", "cancel"]), st.sampled_from(SLOTS)),
+    st.tuples(
+        st.sampled_from(["unload", "reset", "cancel", "remove_slot", "add_slot"]),
+        st.sampled_from(SLOTS),
+    ),
     st.tuples(
         st.sampled_from(["hang", "kill", "fail", "drop", "fail_unload", "hang_unload"]),
         st.sampled_from(MODELS),
@@ -232,14 +235,17 @@ class Program:
     async def do(
         self, ctl: Controller, commands: anyio.abc.TaskGroup, action: str, args: list[Any]
     ) -> None:
-        if action in ("load", "unload", "reset", "cancel"):
+        if action == "add_slot":
+            if args[0] not in ctl.slot_names:
+                ctl.add_slot(SlotConfig(args[0], load_timeout=5.0, idle_timeout=60.0))
+        elif action in ("load", "unload", "reset", "cancel", "remove_slot"):
             command = getattr(ctl, action)
 
             async def send() -> None:
                 try:
                     await command(*args)
-                except (ModelInUseError, ControllerClosedError):
-                    pass
+                except (ModelInUseError, ControllerClosedError, UnknownSlotError, FailureError):
+                    pass  # in use elsewhere, closing, removed, or its unload failed
                 finally:
                     self.commands -= 1
                     if not self.commands:
