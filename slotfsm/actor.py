@@ -208,9 +208,14 @@ class SlotActor:
                     self._arm_timer()
                     task_status.started()
                     while True:
-                        try:  # drain what is queued without a scheduling round-trip per event
-                            envelope = self._receive.receive_nowait()
+                        # Drain what is queued without a scheduling round-trip per
+                        # event; wait outside the except block, so an idle actor
+                        # does not keep the WouldBlock and its frames alive.
+                        try:
+                            envelope: _Envelope | None = self._receive.receive_nowait()
                         except anyio.WouldBlock:
+                            envelope = None
+                        if envelope is None:
                             envelope = await self._receive.receive()
                         self._handle(envelope)
                         if envelope.handled is not None:

@@ -87,6 +87,9 @@ class InstantLemonade(httpx.AsyncBaseTransport):
                 ]
                 self._health = json.dumps({"status": "ok", "all_models_loaded": rows}).encode()
             return _json(200, self._health)
+        if request.method == "GET":  # GET /models/{name}: a hub model, so nothing to compare
+            body = {"id": route, "checkpoint": f"org/{route}:Q4_0", "recipe": "llamacpp"}
+            return _json(200, json.dumps(body).encode())
         name = json.loads(request.content)["model_name"]
         if route == "load":
             self.use(name)
