@@ -56,7 +56,7 @@ from slotfsm.registry import ModelEntry, Registry
 from slotfsm.rulebook import Rulebook
 from slotfsm.rules import has_news
 from slotfsm.snapshot import Gap, SlotSnapshot, SlotTransition
-from slotfsm.statefile import Record, StateLock, check_path, read_state, write_state
+from slotfsm.statefile import Record, StateLock, read_state, write_state
 from slotfsm.states import SlotData, SlotState
 from slotfsm.stream import TransitionHub, TransitionStream
 
@@ -194,8 +194,7 @@ class Controller:
         self._started = True
         async with contextlib.AsyncExitStack() as stack:
             if self._state_path is not None:
-                check_path(self._state_path)
-                lock = StateLock(self._state_path)
+                lock = StateLock(self._state_path)  # the file itself is checked as it is read
                 lock.acquire()
                 stack.callback(lock.release)
             stack.push_async_callback(self._client.aclose)

@@ -56,11 +56,8 @@ class Courier:
         self._ledger = ledger
         self._task_group = task_group
         self._cleaning: dict[str, anyio.Event] = {}
-        self._origins: dict[str, str | None] = {}
         self._again: set[str] = set()
         self._waited: dict[str, set[Ticket]] = {}  # slot -> the requests it waits for
-        self.cleanups = 0
-        """How many clean-up ``/unload`` requests were sent."""
 
     async def load(self, slot: str, name: str, options: Mapping[str, LoadOption]) -> Outcome:
         """Send ``/load`` for ``slot`` and wait for its answer.
@@ -92,14 +89,8 @@ class Courier:
         if entry.cleaning:  # once it answers, look again: a load may have landed meanwhile
             self._again.add(name)
             return
-        ticket = self._ledger.sent(name, None, "unload")
-        ticket.abandoned = True
-        self._cleaning[name] = anyio.Event()
-        self._origins[name] = entry.origin
-        self.cleanups += 1
         logger.info("unloading %s: the server may hold it and no slot owns it", name)
-        send = functools.partial(self._client.unload, name)
-        self._task_group().start_soon(self._run, ticket, send, None)
+        self._send_clean_up(name, entry.origin)
 
     def unload_unmanaged(self, name: str) -> None:
         """Unload ``name``, a model the ledger does not know (someone else loaded it).
@@ -108,13 +99,15 @@ class Courier:
         is in the ledger while its unload is in flight, and stays there (to be
         tried again when seen) only if that unload fails.
         """
-        if name in self._ledger:
-            return
+        if name not in self._ledger:
+            logger.info("unloading %s: loaded by someone else and idle too long", name)
+            self._send_clean_up(name, None)
+
+    def _send_clean_up(self, name: str, origin: str | None) -> None:
         ticket = self._ledger.sent(name, None, "unload")
-        ticket.abandoned = True
+        ticket.abandoned = True  # nobody waits for it
+        ticket.origin = origin
         self._cleaning[name] = anyio.Event()
-        self._origins[name] = None
-        logger.info("unloading %s: loaded by someone else and idle too long", name)
         send = functools.partial(self._client.unload, name)
         self._task_group().start_soon(self._run, ticket, send, None)
 
@@ -172,9 +165,7 @@ class Courier:
         if ticket.slot is None:
             self._cleaning.pop(ticket.name).set()
             if outcome[0] is Answer.DONE:
-                self._cleaned(ticket.name, self._origins.pop(ticket.name, None))
-            else:
-                self._origins.pop(ticket.name, None)
+                self._cleaned(ticket.name, ticket.origin)
             if ticket.name in self._again:
                 self._again.discard(ticket.name)
                 entry = self._ledger.get(ticket.name)

@@ -80,6 +80,8 @@ class Ticket:
     answer: Answer | None = None
     quiet_since: int | None = None
     """For an unload: the entry's load count when it was sent with no load in flight."""
+    origin: str | None = None
+    """For a clean-up: the slot whose work left the name behind."""
 
 
 @attrs.define
