@@ -2,7 +2,8 @@
 
 :class:`LemonadeClient` speaks to ``load``, ``unload``, ``health``,
 ``models/{name}`` and ``system-info`` under the API prefix (``/api/v1``, or
-``/v1``) and to ``/live`` over :class:`httpx.AsyncClient`.  It never retries
+``/v1``) and to ``/live``, straight over an httpx transport (a client's
+cookies, redirects and auth flows have no use here).  It never retries
 anything, never sends ``null`` fields, never sends an unload without a model
 name, and never lets the API key reach a repr, a log line or an exception
 message.
@@ -283,7 +284,9 @@ class LemonadeClient:
             raise ConfigError(
                 f"api_prefix must be one of {', '.join(API_PREFIXES)}, got {api_prefix!r}"
             )
-        headers = {"Accept": "application/json"}
+        from slotfsm import __version__  # the package is imported by the time a client is made
+
+        headers = {"Accept": "application/json", "User-Agent": f"slotfsm/{__version__}"}
         if api_key is not None:
             # Checked here so that a bad key never reaches httpx, whose header
             # errors could quote it.  The message does not show the key.
@@ -299,13 +302,16 @@ class LemonadeClient:
         self._max_health_bytes = max_health_bytes
         self._prefix = f"{prefix}/"
         self._warned_health_cap = False
-        self._http = httpx.AsyncClient(
-            base_url=self._base_url,
-            headers=headers,
-            transport=transport if transport is not None else httpx.AsyncHTTPTransport(retries=0),
-            timeout=httpx.Timeout(self._timeout),
-            follow_redirects=False,
-            trust_env=False,
+        self._headers = headers
+        self._json_headers = {**headers, "Content-Type": "application/json"}
+        self._phases = httpx.Timeout(self._timeout).as_dict()
+        self._load_phases = httpx.Timeout(self._timeout, read=None).as_dict()
+        self._urls: dict[str, httpx.URL] = {}
+        # Requests go straight to the transport: a client's cookies, redirects,
+        # auth flows, proxies and URL merging are all unused here, and cost
+        # twice the request itself on a local server.
+        self._transport = (
+            transport if transport is not None else httpx.AsyncHTTPTransport(retries=0)
         )
 
     @property
@@ -329,7 +335,7 @@ class LemonadeClient:
 
     async def aclose(self) -> None:
         """Close the connections (and the transport)."""
-        await self._http.aclose()
+        await self._transport.aclose()
 
     # -- routes --------------------------------------------------------------
 
@@ -371,7 +377,7 @@ class LemonadeClient:
             "POST",
             self._prefix + "load",
             body=body,
-            phases=httpx.Timeout(self._timeout, read=None),
+            unbounded_read=True,
         )
         obj = _object(route, doc)
         name = obj.get("model_name", model_name)
@@ -517,21 +523,22 @@ class LemonadeClient:
         path: str,
         *,
         body: Mapping[str, object] | None = None,
-        phases: httpx.Timeout | None = None,
+        unbounded_read: bool = False,
         limit: int | None = None,
     ) -> tuple[str, object]:
         """Send one request (exactly one) and return ``(route, parsed JSON)``.
 
-        Besides httpx's per-phase timeouts, a request that has one (every
-        route but ``/load``) must complete within ``timeout`` as a whole, so
-        that a server trickling bytes, or a transport without timeouts of its
-        own (an in-process ASGI app), cannot hold a caller forever.
+        Every phase has ``timeout`` (but the read, with ``unbounded_read``);
+        besides, a request with a bounded read must complete within
+        ``timeout`` as a whole, so that a server trickling bytes, or a
+        transport without timeouts of its own (an in-process ASGI app),
+        cannot hold a caller forever.
         """
         cap = limit if limit is not None else self._max_body_bytes
-        if phases is not None and phases.read is None:
-            return await self._exchange(method, path, body, phases, cap)
+        if unbounded_read:
+            return await self._exchange(method, path, body, self._load_phases, cap)
         with anyio.move_on_after(self._timeout) as deadline:
-            return await self._exchange(method, path, body, phases, cap)
+            return await self._exchange(method, path, body, self._phases, cap)
         assert deadline.cancelled_caught
         raise ServerTimeout(f"{method} {path}", f"no complete answer within {self._timeout:g} s")
 
@@ -540,20 +547,29 @@ class LemonadeClient:
         method: str,
         path: str,
         body: Mapping[str, object] | None,
-        phases: httpx.Timeout | None,
+        phases: dict[str, float | None],
         cap: int,
     ) -> tuple[str, object]:
         """One request and its bounded body; non-2xx raises :class:`ServerHTTPError`."""
         route = f"{method} {path}"
+        if body is None:
+            request = httpx.Request(
+                method, self._url(path), headers=self._headers, extensions={"timeout": phases}
+            )
+        else:
+            request = httpx.Request(
+                method,
+                self._url(path),
+                headers=self._json_headers,
+                content=json.dumps(body).encode(),
+                extensions={"timeout": phases},
+            )
         data = bytearray()
         too_big = False
         try:
-            async with self._http.stream(
-                method,
-                path,
-                json=body,
-                timeout=phases if phases is not None else httpx.USE_CLIENT_DEFAULT,
-            ) as response:
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            try:
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > cap:
                     too_big = True  # not a byte of it is read
@@ -567,6 +583,8 @@ class LemonadeClient:
                             too_big = True
                             break
                 status = response.status_code
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             raise ServerTimeout(route, f"timed out ({type(exc).__name__})") from exc
         except httpx.DecodingError as exc:
@@ -588,6 +606,15 @@ class LemonadeClient:
             return route, json.loads(bytes(data))
         except (ValueError, RecursionError) as exc:
             raise ServerParseError(route, f"HTTP {status}: body is not JSON") from exc
+
+    def _url(self, path: str) -> httpx.URL:
+        """The absolute URL of ``path``; the fixed routes' are parsed once."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self._base_url + path)
+            if "/models/" not in path:  # one per registry name: not worth keeping
+                self._urls[path] = url
+        return url
 
     def _redact(self, text: str) -> str:
         if self._api_key and self._api_key in text:

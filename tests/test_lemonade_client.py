@@ -13,6 +13,7 @@ import anyio
 import httpx
 import pytest
 
+import slotfsm
 from slotfsm.errors import ConfigError, SlotfsmError
 from slotfsm.lemonade import (
     DEFAULT_MAX_HEALTH_BYTES,
@@ -214,6 +215,37 @@ async def test_bearer_header_is_sent_when_a_key_is_given() -> None:
         await without_key.health()
     assert seen_with[0].headers["Authorization"] == f"Bearer {KEY}"
     assert "Authorization" not in seen_without[0].headers
+
+
+@pytest.mark.anyio
+async def test_requests_name_the_client_and_ask_for_json() -> None:
+    client, seen = make(reply(200, LOAD_OK))
+    async with client:
+        await client.load("m")
+    (request,) = seen
+    assert request.headers["User-Agent"] == f"slotfsm/{slotfsm.__version__}"
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Host"] == "lemonade.test:13305"
+    assert request.headers["Content-Length"] == str(len(request.content))
+
+
+@pytest.mark.anyio
+async def test_a_base_url_with_a_path_keeps_it() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=HEALTH_SAMPLE)
+
+    transport = httpx.MockTransport(handler)
+    async with LemonadeClient(BASE + "/lemonade/", transport=transport) as client:
+        await client.health()
+        await client.live()
+    assert [str(r.url) for r in seen] == [
+        BASE + "/lemonade/api/v1/health",
+        BASE + "/lemonade/live",
+    ]
 
 
 @pytest.mark.anyio

@@ -128,6 +128,9 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
     async def no_reconcile(cause: str) -> None:
         return None
 
+    async def no_objection(_: ModelEntry, __: SlotConfig) -> tuple[None, None]:
+        return None, None
+
     ledger = Ledger(counter)
     async with anyio.create_task_group() as tg:
         courier = Courier(InstantClient(), ledger, lambda: tg)  # type: ignore[arg-type]
@@ -138,6 +141,7 @@ async def actor_event_us(slots: int, entry: ModelEntry) -> float:
                 courier=courier,
                 ledger=ledger,
                 validate=passes,
+                preflight=no_objection,
                 reconcile=no_reconcile,
                 sequence=counter,
                 publish=lambda record: None,
