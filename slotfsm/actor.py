@@ -153,10 +153,12 @@ class SlotActor:
         self._doing = ""  # what the load work is doing now, for the timer's message
         self._answered = False  # the load of the current visit to ``loading`` answered
         self._unload_sent = False  # the swap's unload of the old model has gone out
+        self._deadline: float | None = None  # when the state timer fires, if one is armed
+        self._timer_seconds = 0.0
         self._task_group: TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._sync()
-        self._snapshot = self._make_snapshot()
+        self._snapshot: SlotSnapshot | None = None  # made when asked for, after a change
 
     # -- the outside -------------------------------------------------------------
 
@@ -166,6 +168,8 @@ class SlotActor:
         leaving = self._ledger.owned_by(self.name, Phase.LEAVING)
         cleanups = self._ledger.cleanups_of(self.name)
         snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = self._make_snapshot(leaving, cleanups)
         if leaving == snap.leaving and cleanups == snap.cleanups:
             return snap
         return attrs.evolve(snap, leaving=leaving, cleanups=cleanups)
@@ -200,7 +204,7 @@ class SlotActor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Handle the mailbox until cancelled; fail whoever still waits on exit."""
         self._since = anyio.current_time()
-        self._snapshot = self._make_snapshot()
+        self._snapshot = None
         try:
             with anyio.CancelScope() as self._scope:
                 async with anyio.create_task_group() as task_group:
@@ -215,8 +219,10 @@ class SlotActor:
                             envelope: _Envelope | None = self._receive.receive_nowait()
                         except anyio.WouldBlock:
                             envelope = None
-                        if envelope is None:
+                        if envelope is None and self._deadline is None:
                             envelope = await self._receive.receive()
+                        elif envelope is None:
+                            envelope = await self._until_deadline()
                         self._handle(envelope)
                         if envelope.handled is not None:
                             envelope.handled()
@@ -282,7 +288,7 @@ class SlotActor:
             self._start(effect)
         if step.changed_state:
             self._arm_timer()
-        self._snapshot = self._make_snapshot()
+        self._snapshot = None
         if self.state.settled and self._waiting:
             waiting, self._waiting = self._waiting, []
             snapshot = self.snapshot
@@ -320,6 +326,7 @@ class SlotActor:
             scope.cancel()
         self._work.clear()
         self._courier.abandon(self.name)
+        self._deadline = None
         self._doing = ""
         self._answered = False
         self._unload_sent = False
@@ -335,7 +342,7 @@ class SlotActor:
         state = self.state
         now = anyio.current_time()
         self._keep(SlotTransition(self.name, state, state, trigger, now, model, None, reason))
-        self._snapshot = self._make_snapshot()
+        self._snapshot = None
 
     def reconfigure(self, config: SlotConfig) -> None:
         """Use ``config`` from the next decision on (a running timer keeps its length)."""
@@ -354,17 +361,30 @@ class SlotActor:
         self._ledger.sync(self.name, held=data.model, loading=loading, leaving=data.leaving)
 
     def _arm_timer(self) -> None:
-        """Start the state timer the rule table declares for the state just entered."""
+        """Arm the state timer the rule table declares for the state just entered."""
         timer = TIMERS.get(self.state)
         if timer is not None:
-            seconds: float = getattr(self.config, timer.seconds)
-            self._start_work(self._fire_after(seconds))
+            self._timer_seconds = getattr(self.config, timer.seconds)
+            self._deadline = anyio.current_time() + self._timer_seconds
 
-    async def _fire_after(self, seconds: float) -> Event:
+    async def _until_deadline(self) -> _Envelope:
+        """Wait for the next event; the state timer's, if it fires first (gen_statem's way).
+
+        The timer is part of the wait, not a task of its own: leaving the
+        state disarms it, and it fires only once the mailbox is empty, after
+        whatever arrived before it.
+        """
+        while self._deadline is not None:
+            with anyio.move_on_after(self._deadline - anyio.current_time()):
+                return await self._receive.receive()
+            self._deadline = None
+            if not self._answered:  # the load answered in time: only the re-read is left
+                return _Envelope(self._timed_out(), epoch=self._epoch)
+        return await self._receive.receive()
+
+    def _timed_out(self) -> Event:
         """The loading state's timer (ADR-0007 §3): the load is abandoned, never retried."""
-        await anyio.sleep(seconds)
-        if self._answered:  # the load answered in time; only the /health re-read is left
-            await anyio.sleep_forever()
+        seconds = self._timer_seconds
         target = self._machine.data.target
         name = target.name if target is not None else "?"
         doing = self._doing or f"validating {name!r}"
@@ -425,7 +445,7 @@ class SlotActor:
         except Exception:  # a subscriber's defect must not stop the slot
             logger.exception("slot %s: publishing a transition failed", self.name)
 
-    def _make_snapshot(self) -> SlotSnapshot:
+    def _make_snapshot(self, leaving: tuple[str, ...], cleanups: tuple[str, ...]) -> SlotSnapshot:
         data = self._machine.data
         return SlotSnapshot(
             slot=self.name,
@@ -433,8 +453,8 @@ class SlotActor:
             model=data.model,
             error=data.error,
             target=data.target.name if data.target is not None else None,
-            leaving=self._ledger.owned_by(self.name, Phase.LEAVING),
-            cleanups=self._ledger.cleanups_of(self.name),
+            leaving=leaving,
+            cleanups=cleanups,
             since=self._since,
             in_use=data.in_use,
             history=tuple(self._history),
@@ -446,24 +466,18 @@ class SlotActor:
     # -- state-owned work ----------------------------------------------------------------
 
     def _start(self, effect: Effect) -> None:
-        self._start_work(self._perform(effect), effect)
-
-    def _start_work(self, work: Awaitable[Event], effect: Effect | None = None) -> None:
+        """Start ``effect`` as work owned by the current state."""
         assert self._task_group is not None, "the actor is not running"
         scope = anyio.CancelScope()
         self._work.add(scope)
-        self._task_group.start_soon(self._run_work, scope, self._epoch, work, effect)
+        self._task_group.start_soon(self._run_work, scope, self._epoch, effect)
 
-    async def _run_work(
-        self, scope: anyio.CancelScope, epoch: int, work: Awaitable[Event], effect: Effect | None
-    ) -> None:
+    async def _run_work(self, scope: anyio.CancelScope, epoch: int, effect: Effect) -> None:
         with scope:
             try:
-                event = await work
+                event = await self._perform(effect)
             except Exception as exc:
                 logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
-                if effect is None:
-                    raise
                 event = _crashed(effect, exc)
             with contextlib.suppress(anyio.ClosedResourceError):
                 self._send.send_nowait(_Envelope(event, epoch=epoch))
