@@ -44,6 +44,7 @@ from slotfsm.events import (
 )
 from slotfsm.ledger import Answer, Ledger, Phase
 from slotfsm.preflight import same_file
+from slotfsm.preload import NEEDS_HASH, NeedsHash
 from slotfsm.rulebook import Outcome, Rulebook, SlotMachine, Step
 from slotfsm.rules import TIMERS
 from slotfsm.snapshot import SlotSnapshot, SlotTransition
@@ -57,6 +58,8 @@ __all__ = ["SlotActor"]
 logger = logging.getLogger("slotfsm")
 
 Validator = Callable[["ModelEntry"], Awaitable[Failure | None]]
+CachedValidator = Callable[["ModelEntry"], "Failure | NeedsHash | None"]
+"""The validation's answer when no hash is needed; :data:`~slotfsm.preload.NEEDS_HASH` if not."""
 Preflight = Callable[["ModelEntry", SlotConfig], Awaitable[tuple[Failure | None, bool | None]]]
 """Asks the server, before anything is sent, whether it will load the validated file with
 these options: ``(failure, confirmed)`` (see :mod:`slotfsm.preflight`)."""
@@ -117,6 +120,7 @@ class SlotActor:
         courier: Courier,
         ledger: Ledger,
         validate: Validator,
+        validate_cached: CachedValidator = lambda entry: NEEDS_HASH,
         preflight: Preflight,
         reconcile: Callable[[str], Awaitable[None]],
         loaded_file: LoadedFile = lambda name: None,
@@ -134,6 +138,7 @@ class SlotActor:
         self._courier = courier
         self._ledger = ledger
         self._validate = validate
+        self._validate_cached = validate_cached
         self._preflight = preflight
         self._reconcile = reconcile
         self._loaded_file = loaded_file
@@ -278,12 +283,7 @@ class SlotActor:
         elif (before.in_use == 0) != (self._machine.data.in_use == 0):
             serving = "serving: in use" if before.in_use == 0 else "no longer in use"
             state = self.state
-            model = self._machine.data.model
-            self._keep(
-                SlotTransition(
-                    self.name, state, state, "use", anyio.current_time(), model, None, serving
-                )
-            )
+            self._keep(state, state, "use", anyio.current_time(), self._machine.data.model, serving)
         for effect in step.effects:
             self._start(effect)
         if step.changed_state:
@@ -340,8 +340,7 @@ class SlotActor:
         ``slot_added``, ``reconfigured`` ...).
         """
         state = self.state
-        now = anyio.current_time()
-        self._keep(SlotTransition(self.name, state, state, trigger, now, model, None, reason))
+        self._keep(state, state, trigger, anyio.current_time(), model, reason)
         self._snapshot = None
 
     def reconfigure(self, config: SlotConfig) -> None:
@@ -413,33 +412,49 @@ class SlotActor:
         data = self._machine.data
         failure = data.error if data.error is not before.error else None  # only news
         model = data.model or (data.target.name if data.target else None)
-        record = SlotTransition(
-            slot=self.name,
-            source=step.source,
-            dest=step.dest,
-            trigger=step.rule.trigger.value,
-            at=at if at is not None else anyio.current_time(),
-            model=failure.model if failure is not None and failure.model else model,
-            failure=failure,
-            reason=str(failure) if failure else step.rule.label,
+        self._keep(
+            step.source,
+            step.dest,
+            step.rule.trigger.value,
+            at if at is not None else anyio.current_time(),
+            failure.model if failure is not None and failure.model else model,
+            str(failure) if failure else step.rule.label,
+            failure,
         )
-        self._keep(record)
 
-    def _keep(self, record: SlotTransition) -> None:
+    def _keep(
+        self,
+        source: SlotState,
+        dest: SlotState,
+        trigger: str,
+        at: float,
+        model: str | None,
+        reason: str,
+        failure: Failure | None = None,
+    ) -> None:
         """Number, keep, log (one line) and publish a record."""
-        record = attrs.evolve(record, id=self._next_id(), wall_at=record.at + self._wall_offset)
+        record = SlotTransition(
+            self.name,
+            source,
+            dest,
+            trigger,
+            at,
+            model,
+            failure,
+            reason,
+            id=self._next_id(),
+            wall_at=at + self._wall_offset,
+        )
         self._history.append(record)
-        failure = record.failure
-        (logger.warning if failure else logger.info)(
-            "%s",
-            record,
-            extra={
+        level = logging.WARNING if failure else logging.INFO
+        if logger.isEnabledFor(level):
+            extra = {
                 "slot": record.slot,
                 "model": record.model,
                 "trigger": record.trigger,
                 "failure": failure.kind.code if failure is not None else None,
-            },
-        )
+            }
+            logger.log(level, "%s", record, extra=extra)
         try:
             self._publish(record)
         except Exception:  # a subscriber's defect must not stop the slot
@@ -466,7 +481,19 @@ class SlotActor:
     # -- state-owned work ----------------------------------------------------------------
 
     def _start(self, effect: Effect) -> None:
-        """Start ``effect`` as work owned by the current state."""
+        """Start ``effect`` as work owned by the current state.
+
+        A validation the fingerprint cache answers needs no work: its result
+        is queued at once, behind whatever the mailbox already holds.
+        """
+        if isinstance(effect, StartValidation):
+            try:
+                known = self._validate_cached(effect.entry)  # ADR-0007 §1: a stat, no hash
+            except Exception:  # a defect: the full validation meets it again, and reports it
+                known = NEEDS_HASH
+            if known is not NEEDS_HASH:
+                self._send.send_nowait(_Envelope(Validated(effect.entry, known), epoch=self._epoch))
+                return
         assert self._task_group is not None, "the actor is not running"
         scope = anyio.CancelScope()
         self._work.add(scope)

@@ -51,7 +51,7 @@ from slotfsm.idle import IdleWatcher, Reading
 from slotfsm.ledger import Ledger, Phase
 from slotfsm.lemonade import DEFAULT_TIMEOUT, Health, LemonadeClient, LemonadeError, ModelInfo
 from slotfsm.preflight import check_args, check_backend, file_for_checkpoint, same_file
-from slotfsm.preload import FingerprintCache, HashPolicy, validate
+from slotfsm.preload import FingerprintCache, HashPolicy, NeedsHash, validate, validate_cached
 from slotfsm.registry import ModelEntry, Registry
 from slotfsm.rulebook import Rulebook
 from slotfsm.rules import has_news
@@ -261,6 +261,7 @@ class Controller:
             courier=self._courier,
             ledger=self._ledger,
             validate=self._validate,
+            validate_cached=self._validate_cached,
             preflight=self._preflight,
             reconcile=self._reconcile_after_load,
             loaded_file=self._loaded_file,
@@ -583,6 +584,15 @@ class Controller:
         if self._requests is None:
             raise ControllerClosedError("the controller is not running")
         return self._requests
+
+    def _validate_cached(self, entry: ModelEntry) -> Failure | NeedsHash | None:
+        """The validation's answer if no hash is needed (a cache hit: a ``stat``, inline)."""
+        return validate_cached(
+            entry,
+            policy=self._hash_policy,
+            cache=self._cache,
+            allow_unverified=self._allow_unverified or entry.allow_unverified,
+        )
 
     async def _validate(self, entry: ModelEntry) -> Failure | None:
         failure = await validate(

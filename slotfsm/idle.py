@@ -72,7 +72,7 @@ class IdleWatcher:
         self._client = client
         self._deliver = deliver
         self._sequence = sequence
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no scheduling round trip when free
         self._delivered = 0  # sequence number of the latest reading every slot has handled
         self.polls = 0
         """How many ``/health`` requests were sent (periodic and post-load)."""

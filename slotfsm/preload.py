@@ -65,6 +65,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Final
 
 import attrs
 
@@ -77,10 +78,13 @@ __all__ = [
     "Fingerprint",
     "FingerprintCache",
     "HashPolicy",
+    "NEEDS_HASH",
+    "NeedsHash",
     "ValidationStopped",
     "default_cache_path",
     "fingerprint_of",
     "validate",
+    "validate_cached",
     "validate_sync",
 ]
 
@@ -372,6 +376,42 @@ async def validate(
         return await anyio.to_thread.run_sync(
             _hash_pending, entry, result, cache, progress, anyio.from_thread.check_cancelled
         )
+
+
+class NeedsHash(enum.Enum):
+    """The type of :data:`NEEDS_HASH`."""
+
+    NEEDS_HASH = "needs a hash"
+
+
+NEEDS_HASH: Final = NeedsHash.NEEDS_HASH
+"""What :func:`validate_cached` answers when only hashing the file can decide."""
+
+
+def validate_cached(
+    entry: ModelEntry,
+    *,
+    policy: HashPolicy = HashPolicy.FINGERPRINT,
+    cache: FingerprintCache | None = None,
+    allow_unverified: bool = False,
+) -> Failure | NeedsHash | None:
+    """What :func:`validate` would answer, if it can be told without hashing.
+
+    The checks before the hash (a ``stat``, an ``open``, a 4-byte read) run
+    here, in the calling thread; a cache hit, a refusal or an unverified
+    entry is answered at once (``None`` for a pass, or the :class:`Failure`,
+    the same :func:`validate` would give).  When only a hash can decide, or
+    the policy hashes every time (then :func:`validate` runs every check in
+    its worker thread), nothing is done and :data:`NEEDS_HASH` is returned:
+    call :func:`validate` then.
+    """
+    if entry.verified and (cache is None or policy is HashPolicy.ALWAYS):
+        return NEEDS_HASH
+    result = _inspect(entry, policy, cache, allow_unverified)
+    if isinstance(result, _Pending):
+        os.close(result.fd)
+        return NEEDS_HASH
+    return result
 
 
 def _raise_if_set(stop: threading.Event) -> None:

@@ -27,12 +27,14 @@ from threads import threads_in
 from slotfsm import preload
 from slotfsm.errors import Failure, FailureError, PreloadError, SlotfsmError
 from slotfsm.preload import (
+    NEEDS_HASH,
     FingerprintCache,
     HashPolicy,
     ValidationStopped,
     default_cache_path,
     fingerprint_of,
     validate,
+    validate_cached,
     validate_sync,
 )
 from slotfsm.registry import ModelEntry
@@ -844,6 +846,51 @@ def test_validation_passes_exactly_when_size_magic_and_sha256_match(
         )
         assert result is not None
         assert result.kind is first_wrong
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=contents,
+    size_choice=st.sampled_from(["right", "unknown", "wrong"]),
+    sha_right=st.booleans(),
+    verified=st.booleans(),
+    gguf=st.booleans(),
+    remembered=st.booleans(),
+    policy=st.sampled_from(HashPolicy),
+)
+def test_an_inline_answer_is_the_full_validations_or_none(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    size_choice: str,
+    sha_right: bool,
+    verified: bool,
+    gguf: bool,
+    remembered: bool,
+    policy: HashPolicy,
+) -> None:
+    """``validate_cached`` answers exactly as the full validation does, or leaves it to it.
+
+    It leaves it only for a verified entry the full validation would hash, or
+    under a policy that hashes every time (then every check runs in the
+    worker thread).
+    """
+    path = write(tmp_path_factory.mktemp("inline") / "model.gguf", data)
+    size = {"right": len(data), "unknown": 0, "wrong": len(data) + 1}[size_choice]
+    sha256 = (sha(data) if sha_right else "5" * 64) if verified else None
+    entry = entry_for(path, data, size=size, sha256=sha256, gguf=gguf)
+    cache = FingerprintCache(min_age=0)
+    if remembered:
+        validate_sync(entry_for(path, data), cache=cache)
+    hashed = Calls()
+    full = validate_sync(entry, policy=policy, cache=cache, progress=hashed)
+    for allowed in (False, True):
+        known = validate_cached(entry, policy=policy, cache=cache, allow_unverified=allowed)
+        if known is NEEDS_HASH:
+            assert verified and (hashed.calls != [] or policy is HashPolicy.ALWAYS)
+        elif allowed and not verified:
+            assert known == validate_sync(entry, cache=cache, allow_unverified=True)
+        else:
+            assert known == full
 
 
 @st.composite

@@ -14,8 +14,9 @@ from faults.storm import Ticker, ValidationSpy
 @pytest.fixture
 def validation_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ValidationSpy]:
     """Every controller's validations go through this spy for the test's duration."""
-    spy = ValidationSpy(slotfsm.controller.validate, Ticker())
+    spy = ValidationSpy(slotfsm.controller.validate, slotfsm.controller.validate_cached, Ticker())
     monkeypatch.setattr(slotfsm.controller, "validate", spy)
+    monkeypatch.setattr(slotfsm.controller, "validate_cached", spy.cached)
     yield spy
 
 

@@ -48,6 +48,7 @@ from oracle import check_quiescent, check_step
 from slotfsm import Controller, ModelEntry, PreloadError, SlotConfig, SlotSnapshot, SlotState
 from slotfsm.errors import Failure
 from slotfsm.ledger import Ledger
+from slotfsm.preload import NeedsHash
 from slotfsm.snapshot import SlotTransition
 from slotfsm.testing import FakeLemonade, FakeModel, HealthFault, Switch
 from slotfsm.testing.files import Flaw, write_model
@@ -339,10 +340,21 @@ def _json_or_none(content: bytes) -> Any:
 
 
 class ValidationSpy:
-    """Wraps the controller's pre-load validation and records every verdict."""
+    """Wraps the controller's pre-load validation, both ways, and records every verdict.
 
-    def __init__(self, real: Callable[..., Awaitable[Failure | None]], tick: Ticker) -> None:
+    ``__call__`` stands for :func:`slotfsm.preload.validate`; :meth:`cached`
+    for :func:`slotfsm.preload.validate_cached` (the inline answer of a cache
+    hit, recorded unless it says a hash is needed).
+    """
+
+    def __init__(
+        self,
+        real: Callable[..., Awaitable[Failure | None]],
+        real_cached: Callable[..., Failure | NeedsHash | None],
+        tick: Ticker,
+    ) -> None:
         self.real = real
+        self.real_cached = real_cached
         self.tick = tick
         self.verdicts: list[tuple[int, str, Failure | None]] = []
 
@@ -350,6 +362,12 @@ class ValidationSpy:
         failure = await self.real(entry, **options)
         self.verdicts.append((self.tick(), entry.name, failure))
         return failure
+
+    def cached(self, entry: ModelEntry, **options: Any) -> Failure | NeedsHash | None:
+        known = self.real_cached(entry, **options)
+        if not isinstance(known, NeedsHash):
+            self.verdicts.append((self.tick(), entry.name, known))
+        return known
 
 
 # -- the storm --------------------------------------------------------------------------
