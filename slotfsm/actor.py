@@ -16,6 +16,7 @@ actors or the controller.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections import deque
@@ -28,9 +29,11 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from slotfsm.config import SlotConfig
 from slotfsm.courier import Courier
+from slotfsm.courier import Outcome as RequestOutcome
 from slotfsm.errors import ControllerClosedError, Failure, PreloadError
 from slotfsm.events import (
     CallLoad,
+    CallUnload,
     Cancel,
     Effect,
     Event,
@@ -60,9 +63,12 @@ logger = logging.getLogger("slotfsm")
 Validator = Callable[["ModelEntry"], Awaitable[Failure | None]]
 CachedValidator = Callable[["ModelEntry"], "Failure | NeedsHash | None"]
 """The validation's answer when no hash is needed; :data:`~slotfsm.preload.NEEDS_HASH` if not."""
-Preflight = Callable[["ModelEntry", SlotConfig], Awaitable[tuple[Failure | None, bool | None]]]
+Verdict = tuple[Failure | None, bool | None]
+Preflight = Callable[["ModelEntry", SlotConfig], Awaitable[Verdict]]
 """Asks the server, before anything is sent, whether it will load the validated file with
 these options: ``(failure, confirmed)`` (see :mod:`slotfsm.preflight`)."""
+KnownPreflight = Callable[["ModelEntry", SlotConfig], Verdict | None]
+"""The preflight's verdict from what the server already said, or ``None`` if it must be asked."""
 LoadedFile = Callable[[str], "str | None"]
 """The file the server's latest reading says it loaded for a name, if it says."""
 
@@ -122,6 +128,7 @@ class SlotActor:
         validate: Validator,
         validate_cached: CachedValidator = lambda entry: NEEDS_HASH,
         preflight: Preflight,
+        preflight_now: KnownPreflight = lambda entry, config: None,
         reconcile: Callable[[str], Awaitable[None]],
         loaded_file: LoadedFile = lambda name: None,
         sequence: Callable[[], int],
@@ -140,6 +147,7 @@ class SlotActor:
         self._validate = validate
         self._validate_cached = validate_cached
         self._preflight = preflight
+        self._preflight_now = preflight_now
         self._reconcile = reconcile
         self._loaded_file = loaded_file
         self._sequence = sequence
@@ -481,23 +489,54 @@ class SlotActor:
     # -- state-owned work ----------------------------------------------------------------
 
     def _start(self, effect: Effect) -> None:
-        """Start ``effect`` as work owned by the current state.
+        """Start ``effect``: at once where nothing must be awaited first, else as state-owned work.
 
-        A validation the fingerprint cache answers needs no work: its result
-        is queued at once, behind whatever the mailbox already holds.
+        A validation the fingerprint cache answers is queued at once, behind
+        whatever the mailbox holds.  A plain unload, and a load whose
+        preflight is already answered, go straight to the courier, whose
+        request reports back to this slot if it still waits when the answer
+        comes.  The rest — hashing, asking the server, a swap's unload of the
+        old model — is work the state owns, cancelled when the state is left.
         """
-        if isinstance(effect, StartValidation):
-            try:
-                known = self._validate_cached(effect.entry)  # ADR-0007 §1: a stat, no hash
-            except Exception:  # a defect: the full validation meets it again, and reports it
-                known = NEEDS_HASH
-            if known is not NEEDS_HASH:
-                self._send.send_nowait(_Envelope(Validated(effect.entry, known), epoch=self._epoch))
+        try:
+            if self._start_now(effect):
                 return
+        except Exception as exc:
+            logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
+            self._post(_crashed(effect, exc), self._epoch)
+            return
         assert self._task_group is not None, "the actor is not running"
         scope = anyio.CancelScope()
         self._work.add(scope)
         self._task_group.start_soon(self._run_work, scope, self._epoch, effect)
+
+    def _start_now(self, effect: Effect) -> bool:
+        """Do ``effect`` without awaiting anything, if it can be; ``False`` if not."""
+        if isinstance(effect, StartValidation):
+            known = self._validate_cached(effect.entry)  # ADR-0007 §1: a stat, no hash
+            if known is NEEDS_HASH:
+                return False
+            self._post(Validated(effect.entry, known), self._epoch)
+            return True
+        if isinstance(effect, CallUnload):
+            answered = functools.partial(self._unloaded, self._epoch, effect.model)
+            self._courier.send_unload(self.name, effect.model, answered)
+            return True
+        name = effect.entry.name
+        if effect.replaces is not None or self._courier.cleaning(name) is not None:
+            return False
+        known_preflight = self._preflight_now(effect.entry, self.config)
+        if known_preflight is None:
+            return False
+        refusal = self._send_load(effect, *known_preflight)
+        if refusal is not None:
+            self._post(refusal, self._epoch)
+        return True
+
+    def _post(self, event: Event, epoch: int) -> None:
+        """Queue the result of this slot's work, for the state visit ``epoch``."""
+        with contextlib.suppress(anyio.ClosedResourceError):
+            self._send.send_nowait(_Envelope(event, epoch=epoch))
 
     async def _run_work(self, scope: anyio.CancelScope, epoch: int, effect: Effect) -> None:
         with scope:
@@ -506,35 +545,33 @@ class SlotActor:
             except Exception as exc:
                 logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
                 event = _crashed(effect, exc)
-            with contextlib.suppress(anyio.ClosedResourceError):
-                self._send.send_nowait(_Envelope(event, epoch=epoch))
+            if event is not None:
+                self._post(event, epoch)
         self._work.discard(scope)
 
-    async def _perform(self, effect: Effect) -> Event:
+    async def _perform(self, effect: Effect) -> Event | None:
         if isinstance(effect, StartValidation):
             # ADR-0007 §1: the file is proven sound before the server hears of it.
             return Validated(effect.entry, await self._validate(effect.entry))
-        if isinstance(effect, CallLoad):
-            return await self._load(effect)
-        return await self._unload(effect.model)
+        assert isinstance(effect, CallLoad), effect
+        return await self._prepare_load(effect)
 
-    async def _load(self, effect: CallLoad) -> Event:
-        """Unload the model being replaced, then send ``/load`` once (ADR-0007 §3).
+    async def _prepare_load(self, effect: CallLoad) -> Event | None:
+        """Ask the server, unload the model being replaced, then send ``/load`` once (ADR-0007 §3).
 
-        The ``loading`` state timer covers both; when it fires the requests are
-        abandoned — never sent again — and the ledger keeps track of what they
-        may still do.  A failed unload of the old model stops the swap before
-        the load: the slot keeps the old model.  After the load, whatever its
-        answer, ``/health`` is read again before the slot settles, because
-        even a 200 can hide an evict-all of every other model.
+        The ``loading`` state timer covers all of it; when it fires the
+        requests are abandoned — never sent again — and the ledger keeps
+        track of what they may still do.  A failed unload of the old model
+        stops the swap before the load: the slot keeps the old model.  A
+        clean-up of the same name in flight is waited for first, so that it
+        cannot undo this load.  Returns the refusal, or ``None`` once the
+        ``/load`` is sent (its answer reports back by itself).
         """
         name = effect.entry.name
         old = effect.replaces
         self._doing = f"asking the server about {name!r}; nothing sent"
         refused, confirmed = await self._preflight(effect.entry, self.config)
-        if refused is not None:
-            return LoadFailed(refused, kept=old)
-        if old is not None:
+        if refused is None and old is not None:
             self._doing = f"unloading the old model {old!r}; /load of {name!r} not sent"
             self._unload_sent = True
             answer, error = await self._courier.unload(self.name, old)
@@ -546,11 +583,49 @@ class SlotActor:
                     model=old,
                 )
                 return LoadFailed(failure, kept=old)
+        while (cleaning := self._courier.cleaning(name)) is not None:
+            self._doing = f"waiting for a clean-up of {name!r} to answer; /load not sent"
+            await cleaning.wait()
+        return self._send_load(effect, refused, confirmed)
+
+    def _send_load(
+        self, effect: CallLoad, refused: Failure | None, confirmed: bool | None
+    ) -> Event | None:
+        """Send the ``/load`` the preflight allows; the refusal if it does not."""
+        if refused is not None:
+            return LoadFailed(refused, kept=effect.replaces)
+        name = effect.entry.name
         self._doing = f"waiting for the /load of {name!r}"
-        answer, error = await self._courier.load(self.name, name, self.config.load_options)
+        answered = functools.partial(self._load_answered, self._epoch, effect, confirmed)
+        self._courier.send_load(self.name, name, self.config.load_options, answered)
+        return None
+
+    async def _load_answered(
+        self, epoch: int, effect: CallLoad, confirmed: bool | None, outcome: RequestOutcome
+    ) -> None:
+        """The ``/load`` answered while the slot waits: re-read ``/health``, then report.
+
+        Whatever the answer, ``/health`` is read again before the slot
+        settles, because even a 200 can hide an evict-all of every other
+        model (ADR-0007).  Runs in the request's task; a defect here becomes
+        the slot's error, never the controller's.
+        """
+        try:
+            event = await self._after_load(effect, confirmed, outcome)
+        except Exception as exc:
+            logger.exception("slot %s: after the /load of %s", self.name, effect.entry.name)
+            event = _crashed(effect, exc)
+        self._post(event, epoch)
+
+    async def _after_load(
+        self, effect: CallLoad, confirmed: bool | None, outcome: RequestOutcome
+    ) -> Event:
+        answer, error = outcome
+        name = effect.entry.name
         event: Event
         if answer is Answer.DONE:
             event = LoadSucceeded(name, anyio.current_time(), self._sequence(), confirmed)
+            cause = f"the server made room for {name!r} (its LRU), loaded by slot {self.name!r}"
         else:
             failure = Failure(
                 PreloadError.LOAD_FAILED,
@@ -559,11 +634,8 @@ class SlotActor:
                 model=name,
             )
             event = LoadFailed(failure)
-        self._answered = True
-        if isinstance(event, LoadSucceeded):
-            cause = f"the server made room for {name!r} (its LRU), loaded by slot {self.name!r}"
-        else:
             cause = f"the server's evict-all after slot {self.name!r} failed to load {name!r}"
+        self._answered = True
         await self._reconcile(cause)
         if isinstance(event, LoadSucceeded):
             loaded = self._loaded_file(name)
@@ -579,14 +651,18 @@ class SlotActor:
                 event = attrs.evolve(event, confirmed=False, warning=warning)
         return event
 
-    async def _unload(self, model: str) -> Event:
-        answer, error = await self._courier.unload(self.name, model)
+    async def _unloaded(self, epoch: int, model: str, outcome: RequestOutcome) -> None:
+        """The ``/unload`` answered while the slot waits: report it."""
+        answer, error = outcome
+        event: Event
         if answer in (Answer.DONE, Answer.NOT_LOADED):
-            return Unloaded(model, was_loaded=answer is Answer.DONE)
-        failure = Failure(
-            PreloadError.UNLOAD_FAILED, f"unloading {model!r} failed: {error}", model=model
-        )
-        return UnloadFailed(failure, anyio.current_time())
+            event = Unloaded(model, was_loaded=answer is Answer.DONE)
+        else:
+            failure = Failure(
+                PreloadError.UNLOAD_FAILED, f"unloading {model!r} failed: {error}", model=model
+            )
+            event = UnloadFailed(failure, anyio.current_time())
+        self._post(event, epoch)
 
 
 def _crashed(effect: Effect, exc: Exception) -> Event:

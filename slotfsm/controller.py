@@ -263,6 +263,7 @@ class Controller:
             validate=self._validate,
             validate_cached=self._validate_cached,
             preflight=self._preflight,
+            preflight_now=self._preflight_now,
             reconcile=self._reconcile_after_load,
             loaded_file=self._loaded_file,
             sequence=self._sequence,
@@ -618,12 +619,35 @@ class Controller:
         guessed at.  Answers are kept per name until the registry is replaced.
         """
         options = config.load_options
+        if check_args(entry.name, options) is None:  # what the options refuse is not asked about
+            if _needs_backends(config) and self._system is None:
+                await self._backends()
+            if check_backend(entry.name, options, self._system) is None:
+                await self._model_info(entry.name)
+        return self._judge(entry, config, self._system, self._models.get(entry.name))
+
+    def _preflight_now(
+        self, entry: ModelEntry, config: SlotConfig
+    ) -> tuple[Failure | None, bool | None] | None:
+        """The preflight's verdict if the server's answers are known already, else ``None``."""
+        if (_needs_backends(config) and self._system is None) or entry.name not in self._models:
+            return None
+        return self._judge(entry, config, self._system, self._models[entry.name])
+
+    def _judge(
+        self,
+        entry: ModelEntry,
+        config: SlotConfig,
+        backends: Mapping[str, str] | None,
+        info: ModelInfo | None,
+    ) -> tuple[Failure | None, bool | None]:
+        """The preflight's verdict from what the server said (``None``: it could not say)."""
+        options = config.load_options
         refused = check_args(entry.name, options)
-        if refused is None and options.get("llamacpp_backend") not in (None, "auto"):
-            refused = check_backend(entry.name, options, await self._backends())
+        if refused is None and _needs_backends(config):
+            refused = check_backend(entry.name, options, backends)
         if refused is not None:
             return refused, None
-        info = await self._model_info(entry.name)
         if info is not None and info.id != entry.name:
             failure = Failure(
                 PreloadError.LOAD_FAILED,
@@ -848,6 +872,11 @@ class Controller:
             owed.append(_owed(record))
         self._ledger.restore(owed)
         return resumed
+
+
+def _needs_backends(config: SlotConfig) -> bool:
+    """Whether the slot's options name a llama.cpp backend the server must support."""
+    return config.load_options.get("llamacpp_backend") not in (None, "auto")
 
 
 def _owed(record: Record) -> tuple[str, str | None, bool, bool]:

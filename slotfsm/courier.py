@@ -59,24 +59,61 @@ class Courier:
         self._again: set[str] = set()
         self._waited: dict[str, set[Ticket]] = {}  # slot -> the requests it waits for
 
-    async def load(self, slot: str, name: str, options: Mapping[str, LoadOption]) -> Outcome:
-        """Send ``/load`` for ``slot`` and wait for its answer.
+    def cleaning(self, name: str) -> anyio.Event | None:
+        """The clean-up ``/unload`` of ``name`` in flight, if any (set once it is answered).
 
-        If the wait is cancelled, the request goes on; its answer is still
-        recorded, and a model it brings up is cleaned up.  A clean-up of the
-        same name in flight is waited for first, so it cannot undo this load.
+        A ``/load`` of the name must wait for it, so that the clean-up
+        cannot undo the load.
         """
-        cleaning = self._cleaning.get(name)
-        if cleaning is not None:
-            await cleaning.wait()
+        return self._cleaning.get(name)
+
+    def send_load(
+        self,
+        slot: str,
+        name: str,
+        options: Mapping[str, LoadOption],
+        answered: Callable[[Outcome], Awaitable[None]],
+    ) -> None:
+        """Send ``/load`` for ``slot`` now; ``answered(outcome)`` follows if the slot still waits.
+
+        The slot stops waiting when it calls :meth:`abandon`: the request goes
+        on, its answer is still recorded, and a model it brings up is cleaned
+        up.  ``answered`` runs in the request's task, after the ledger has
+        the answer.  No clean-up of ``name`` may be in flight (see
+        :meth:`cleaning`).
+        """
+        assert name not in self._cleaning, f"a clean-up of {name} is in flight"
         ticket = self._ledger.sent(name, slot, "load")
-        send = functools.partial(self._client.load, name, **options)
-        return await self._wait(ticket, send)
+        self._send(ticket, functools.partial(self._client.load, name, **options), answered)
+
+    def send_unload(
+        self, slot: str, name: str, answered: Callable[[Outcome], Awaitable[None]]
+    ) -> None:
+        """Send ``/unload`` of ``name`` for ``slot`` now; as :meth:`send_load` for the rest."""
+        ticket = self._ledger.sent(name, slot, "unload")
+        self._send(ticket, functools.partial(self._client.unload, name), answered)
 
     async def unload(self, slot: str, name: str) -> Outcome:
-        """Send ``/unload`` of ``name`` for ``slot`` and wait for its answer."""
+        """Send ``/unload`` of ``name`` for ``slot`` and wait for its answer.
+
+        Cancelling the wait abandons the request (see :meth:`abandon`): it
+        goes on, and its answer reaches the ledger.
+        """
+        done = anyio.Event()
+        box: list[Outcome] = []
+
+        async def answered(outcome: Outcome) -> None:
+            box.append(outcome)
+            done.set()
+
         ticket = self._ledger.sent(name, slot, "unload")
-        return await self._wait(ticket, functools.partial(self._client.unload, name))
+        self._send(ticket, functools.partial(self._client.unload, name), answered)
+        try:
+            await done.wait()
+        except BaseException:
+            self._let_go(ticket)
+            raise
+        return box[0]
 
     def clean_up(self, name: str) -> None:
         """Unload ``name``, which nobody owns, in the background (never waited for).
@@ -115,33 +152,36 @@ class Courier:
         """``slot`` stops waiting for its requests (its state changed): record it now.
 
         The requests go on; the ledger counts each unanswered ``/load`` as an
-        arrival from this moment, not from when the waiting task wakes up.
+        arrival from this moment, and no answer is reported to the slot.
         """
         for ticket in self._waited.pop(slot, ()):
             if ticket.answer is None:
                 self._ledger.abandoned(ticket)
 
-    async def _wait(self, ticket: Ticket, request: Callable[[], Awaitable[object]]) -> Outcome:
-        done = anyio.Event()
-        box: list[Outcome] = []
+    def _let_go(self, ticket: Ticket) -> None:
+        """One waiter stops waiting for ``ticket``."""
         assert ticket.slot is not None
-        waited = self._waited.setdefault(ticket.slot, set())
-        waited.add(ticket)
-        self._task_group().start_soon(self._run, ticket, request, (done, box))
-        try:
-            await done.wait()
-        except BaseException:
-            self._ledger.abandoned(ticket)
-            raise
-        finally:
+        waited = self._waited.get(ticket.slot)
+        if waited is not None and ticket in waited:
             waited.discard(ticket)
-        return box[0]
+            if ticket.answer is None:
+                self._ledger.abandoned(ticket)
+
+    def _send(
+        self,
+        ticket: Ticket,
+        request: Callable[[], Awaitable[object]],
+        answered: Callable[[Outcome], Awaitable[None]],
+    ) -> None:
+        assert ticket.slot is not None
+        self._waited.setdefault(ticket.slot, set()).add(ticket)
+        self._task_group().start_soon(self._run, ticket, request, answered)
 
     async def _run(
         self,
         ticket: Ticket,
         request: Callable[[], Awaitable[object]],
-        waiter: tuple[anyio.Event, list[Outcome]] | None,
+        answered: Callable[[Outcome], Awaitable[None]] | None,
     ) -> None:
         outcome: Outcome
         try:
@@ -171,6 +211,9 @@ class Courier:
                 entry = self._ledger.get(ticket.name)
                 if entry is not None and entry.stray:
                     self.clean_up(ticket.name)
-        if waiter is not None:
-            waiter[1].append(outcome)
-            waiter[0].set()
+        if answered is None or ticket.slot is None:
+            return
+        waited = self._waited.get(ticket.slot)
+        if waited is not None and ticket in waited:  # the slot still waits for this answer
+            waited.discard(ticket)
+            await answered(outcome)
