@@ -166,6 +166,7 @@ class SlotActor:
         self._doing = ""  # what the load work is doing now, for the timer's message
         self._answered = False  # the load of the current visit to ``loading`` answered
         self._unload_sent = False  # the swap's unload of the old model has gone out
+        self._quiet = False  # waiting for an event, none sent since (see ``interest``)
         self._deadline: float | None = None  # when the state timer fires, if one is armed
         self._timer_seconds = 0.0
         self._task_group: TaskGroup | None = None
@@ -209,6 +210,7 @@ class SlotActor:
     def _deliver(self, message: _Envelope) -> None:
         try:
             self._send.send_nowait(message)
+            self._quiet = False
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ControllerClosedError(f"slot {self.name!r}: the controller is closed") from None
 
@@ -232,10 +234,15 @@ class SlotActor:
                             envelope: _Envelope | None = self._receive.receive_nowait()
                         except anyio.WouldBlock:
                             envelope = None
-                        if envelope is None and self._deadline is None:
-                            envelope = await self._receive.receive()
-                        elif envelope is None:
-                            envelope = await self._until_deadline()
+                        if envelope is None:
+                            # Everything taken is handled: until a send says
+                            # otherwise, the slot is what the next event meets.
+                            self._quiet = True
+                            if self._deadline is None:
+                                envelope = await self._receive.receive()
+                            else:
+                                envelope = await self._until_deadline()
+                            self._quiet = False
                         self._handle(envelope)
                         if envelope.handled is not None:
                             envelope.handled()
@@ -316,11 +323,11 @@ class SlotActor:
     def interest(self) -> tuple[SlotState, SlotData, SlotConfig] | None:
         """The state, data and configuration the next event will meet, if nothing is queued.
 
-        ``None`` while the mailbox holds (or is handing over) an event: the
-        slot may not be what it looks like by the time it takes the next one.
+        ``None`` while the mailbox holds (or is handing over) an event or the
+        actor is busy with one: the slot may not be what it looks like by the
+        time it takes the next one.
         """
-        mailbox = self._receive.statistics()
-        if mailbox.current_buffer_used or not mailbox.tasks_waiting_receive:
+        if not self._quiet:
             return None
         return self._machine.state, self._machine.data, self._machine.config
 
@@ -537,6 +544,7 @@ class SlotActor:
         """Queue the result of this slot's work, for the state visit ``epoch``."""
         with contextlib.suppress(anyio.ClosedResourceError):
             self._send.send_nowait(_Envelope(event, epoch=epoch))
+            self._quiet = False
 
     async def _run_work(self, scope: anyio.CancelScope, epoch: int, effect: Effect) -> None:
         with scope:
