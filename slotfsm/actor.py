@@ -15,10 +15,8 @@ actors or the controller.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -115,6 +113,53 @@ class _Envelope:
     handled: Callable[[], None] | None = None  # called once the event has been handled
 
 
+class _Mailbox:
+    """An actor's queue: any number of senders that never wait, one reader.
+
+    The reader is woken, not handed the event: a cancelled wait loses
+    nothing, and no event is ever in transit outside the queue.
+    """
+
+    __slots__ = ("_closed", "_items", "_wake")
+
+    def __init__(self) -> None:
+        self._items: deque[_Envelope] = deque()
+        self._wake: anyio.Event | None = None
+        self._closed = False
+
+    def put(self, envelope: _Envelope) -> bool:
+        """Queue ``envelope``; ``False`` (and nothing queued) once the mailbox is closed."""
+        if self._closed:
+            return False
+        self._items.append(envelope)
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+        return True
+
+    def get(self) -> _Envelope | None:
+        """The oldest queued envelope, or ``None``."""
+        return self._items.popleft() if self._items else None
+
+    async def wait(self, deadline: float | None) -> bool:
+        """Wait until something is queued (``True``) or ``deadline`` passes (``False``)."""
+        if not self._items:
+            self._wake = wake = anyio.Event()
+            if deadline is None:
+                await wake.wait()
+            else:
+                with anyio.CancelScope(deadline=deadline):
+                    await wake.wait()
+        return bool(self._items)
+
+    def close(self) -> list[_Envelope]:
+        """Refuse every later ``put``; return what was still queued."""
+        self._closed = True
+        left = list(self._items)
+        self._items.clear()
+        return left
+
+
 class SlotActor:
     """Runs one slot: mailbox in, rulebook in the middle, state-owned work out."""
 
@@ -156,7 +201,7 @@ class SlotActor:
         self._wall_offset = wall_offset  # wall-clock seconds = monotonic + this
         self._machine = SlotMachine(config, data)
         rulebook.attach(self._machine, state)
-        self._send, self._receive = anyio.create_memory_object_stream[_Envelope](math.inf)
+        self._mailbox = _Mailbox()
         self._postponed: deque[_Envelope] = deque()
         self._waiting: list[_Reply] = []
         self._epoch = 0
@@ -208,11 +253,9 @@ class SlotActor:
         self._deliver(_Envelope(event, handled=handled))
 
     def _deliver(self, message: _Envelope) -> None:
-        try:
-            self._send.send_nowait(message)
-            self._quiet = False
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise ControllerClosedError(f"slot {self.name!r}: the controller is closed") from None
+        if not self._mailbox.put(message):
+            raise ControllerClosedError(f"slot {self.name!r}: the controller is closed")
+        self._quiet = False
 
     # -- the loop -------------------------------------------------------------------
 
@@ -227,33 +270,23 @@ class SlotActor:
                     self._arm_timer()
                     task_status.started()
                     while True:
-                        # Drain what is queued without a scheduling round-trip per
-                        # event; wait outside the except block, so an idle actor
-                        # does not keep the WouldBlock and its frames alive.
-                        try:
-                            envelope: _Envelope | None = self._receive.receive_nowait()
-                        except anyio.WouldBlock:
-                            envelope = None
+                        envelope = self._mailbox.get()
                         if envelope is None:
                             # Everything taken is handled: until a send says
                             # otherwise, the slot is what the next event meets.
                             self._quiet = True
-                            if self._deadline is None:
-                                envelope = await self._receive.receive()
-                            else:
-                                envelope = await self._until_deadline()
+                            if not await self._mailbox.wait(self._deadline):
+                                envelope = self._timer_fired()
                             self._quiet = False
+                            if envelope is None:
+                                continue
                         self._handle(envelope)
                         if envelope.handled is not None:
                             envelope.handled()
         finally:
-            self._send.close()
+            left = self._mailbox.close()
             unanswered = [*self._waiting, *(e.reply for e in self._postponed if e.reply)]
-            while True:  # what is still in the mailbox is answered too
-                try:
-                    envelope = self._receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
+            for envelope in left:  # what is still in the mailbox is answered too
                 if envelope.reply is not None:
                     unanswered.append(envelope.reply)
                 if envelope.handled is not None:
@@ -381,20 +414,17 @@ class SlotActor:
             self._timer_seconds = getattr(self.config, timer.seconds)
             self._deadline = anyio.current_time() + self._timer_seconds
 
-    async def _until_deadline(self) -> _Envelope:
-        """Wait for the next event; the state timer's, if it fires first (gen_statem's way).
+    def _timer_fired(self) -> _Envelope | None:
+        """The state timer's event, once its deadline passed with the mailbox empty.
 
-        The timer is part of the wait, not a task of its own: leaving the
-        state disarms it, and it fires only once the mailbox is empty, after
-        whatever arrived before it.
+        Like gen_statem's ``state_timeout``, the timer is part of the wait,
+        not a task of its own: leaving the state disarms it, and it fires
+        only after whatever arrived before it.
         """
-        while self._deadline is not None:
-            with anyio.move_on_after(self._deadline - anyio.current_time()):
-                return await self._receive.receive()
-            self._deadline = None
-            if not self._answered:  # the load answered in time: only the re-read is left
-                return _Envelope(self._timed_out(), epoch=self._epoch)
-        return await self._receive.receive()
+        self._deadline = None
+        if self._answered:  # the load answered in time: only the /health re-read is left
+            return None
+        return _Envelope(self._timed_out(), epoch=self._epoch)
 
     def _timed_out(self) -> Event:
         """The loading state's timer (ADR-0007 §3): the load is abandoned, never retried."""
@@ -542,8 +572,7 @@ class SlotActor:
 
     def _post(self, event: Event, epoch: int) -> None:
         """Queue the result of this slot's work, for the state visit ``epoch``."""
-        with contextlib.suppress(anyio.ClosedResourceError):
-            self._send.send_nowait(_Envelope(event, epoch=epoch))
+        if self._mailbox.put(_Envelope(event, epoch=epoch)):
             self._quiet = False
 
     async def _run_work(self, scope: anyio.CancelScope, epoch: int, effect: Effect) -> None:

@@ -302,8 +302,8 @@ class LemonadeClient:
         self._max_health_bytes = max_health_bytes
         self._prefix = f"{prefix}/"
         self._warned_health_cap = False
-        self._headers = headers
-        self._json_headers = {**headers, "Content-Type": "application/json"}
+        self._headers = httpx.Headers(headers)  # normalized once, copied per request
+        self._json_headers = httpx.Headers({**headers, "Content-Type": "application/json"})
         self._phases = httpx.Timeout(self._timeout).as_dict()
         self._load_phases = httpx.Timeout(self._timeout, read=None).as_dict()
         self._urls: dict[str, httpx.URL] = {}
