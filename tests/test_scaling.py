@@ -38,6 +38,7 @@ from slotfsm import (
 from slotfsm.actor import SlotActor
 from slotfsm.events import Event, Observed
 from slotfsm.ledger import Answer, Ledger, Phase, Ticket
+from slotfsm.preload import FingerprintCache, validate_sync
 from slotfsm.rulebook import Rulebook, SlotMachine
 from slotfsm.rules import has_news
 from slotfsm.states import SlotData
@@ -426,3 +427,39 @@ async def test_memory_per_idle_slot_and_over_many_cycles(tmp_path: Path) -> None
         tracemalloc.stop()
     assert per_slot <= 16 * 1024, f"{per_slot / 1024:.1f} KiB per idle slot"
     assert kept < 200 * 100, f"{kept} bytes kept after 200 cycles"
+
+
+@pytest.mark.anyio
+async def test_a_cycle_of_a_remembered_file_costs_its_three_requests_and_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Goal 5 in small: a load/unload cycle does the HTTP it must and nothing else.
+
+    The file is in the fingerprint cache: validation is answered inline (no
+    worker thread), the preflight's question was asked once, and each cycle
+    is ``POST /load``, the ``GET /health`` re-read, ``POST /unload``.
+    """
+    entry = write_model(tmp_path, "m0")
+    remembered = FingerprintCache(min_age=0)
+    assert validate_sync(entry, cache=remembered) is None
+    remembered.save(tmp_path / "fingerprints.json")
+    fake = FakeLemonade([FakeModel.for_file("m0", entry.path)])
+    hops: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        hops.append(args[0])
+        return await run_sync(*args, **kwargs)
+
+    async with controller_on(fake, [entry], 1, cache_path=tmp_path / "fingerprints.json") as ctl:
+        await ctl.load("s0", "m0")  # the server is asked about m0 once
+        await ctl.unload("s0")
+        fake.clear_log()
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        for _ in range(3):
+            assert (await ctl.load("s0", "m0")).model == "m0"
+            assert (await ctl.unload("s0")).model is None
+        monkeypatch.undo()
+    cycle = [("POST", "load"), ("GET", "health"), ("POST", "unload")]
+    assert [(r.method, r.route) for r in fake.requests] == cycle * 3
+    assert hops == []
