@@ -130,9 +130,9 @@ class LoadedModel:
     after ``-m`` in the row's ``launch_command``), or ``None`` when the row
     has none.  ``raw`` is the whole row as the server sent it (read-only),
     for the fields slotfsm does not interpret (``backend_url``, ``pid``, ...);
-    it takes no part in equality or hashing.  A row read from ``/health`` is
-    not copied: its ``raw`` is a read-only view of the very row that
-    ``Health.raw`` lists.
+    it takes no part in equality or hashing.  The ``raw`` of a row read from
+    ``/health`` is, as a rule, not a copy but a read-only view of the very row
+    that ``Health.raw`` lists.
     """
 
     name: str
@@ -690,6 +690,7 @@ def _model_file(obj: Mapping[str, object]) -> str | None:
 
 
 def _file_after_m(command: object) -> str | None:
+    """The element after ``-m`` in a ``launch_command``, if it is a non-empty string."""
     if not isinstance(command, list):
         return None
     try:
