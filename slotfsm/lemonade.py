@@ -130,7 +130,9 @@ class LoadedModel:
     after ``-m`` in the row's ``launch_command``), or ``None`` when the row
     has none.  ``raw`` is the whole row as the server sent it (read-only),
     for the fields slotfsm does not interpret (``backend_url``, ``pid``, ...);
-    it takes no part in equality or hashing.
+    it takes no part in equality or hashing.  The ``raw`` of a row read from
+    ``/health`` is, as a rule, not a copy but a read-only view of the very row
+    that ``Health.raw`` lists.
     """
 
     name: str
@@ -684,14 +686,26 @@ def _opt_int(route: str, obj: Mapping[str, object], key: str, where: str) -> int
 def _model_file(obj: Mapping[str, object]) -> str | None:
     """The element after ``-m`` in the row's ``launch_command``, if there is one."""
     command = obj.get("launch_command")
-    if not isinstance(command, list) or "-m" not in command:
+    return None if command is None else _file_after_m(command)
+
+
+def _file_after_m(command: object) -> str | None:
+    """The element after ``-m`` in a ``launch_command``, if it is a non-empty string."""
+    if not isinstance(command, list):
         return None
-    at = command.index("-m") + 1
-    file = command[at] if at < len(command) else None
+    try:
+        file = command[command.index("-m") + 1]
+    except (ValueError, IndexError):
+        return None
     return file if isinstance(file, str) and file else None
 
 
 def _parse_model(route: str, index: int, entry: object) -> LoadedModel:
+    """One row, checked field by field; raises :class:`ServerParseError` naming what is wrong.
+
+    This is the reference reading of a row: :func:`_parse_health` reads the
+    common row faster, to the same result, and hands every other row here.
+    """
     where = f"model #{index}"
     obj = _object(route, entry, where)
     name = obj.get("model_name")
@@ -716,6 +730,49 @@ def _parse_model(route: str, index: int, entry: object) -> LoadedModel:
     )
 
 
+# A reading is built without the classes' __init__ (see _parse_health): these
+# set one slot each, bypassing the frozen classes' __setattr__ as attrs' own
+# __init__ does.  tests/test_lemonade_client.py checks that a parsed reading
+# has every field of both classes set.
+_new = object.__new__
+(
+    _set_name,
+    _set_type,
+    _set_last_use,
+    _set_checkpoint,
+    _set_recipe,
+    _set_busy,
+    _set_status,
+    _set_model_file,
+    _set_row,
+) = (
+    LoadedModel.__dict__[name].__set__
+    for name in (
+        "name",
+        "type",
+        "last_use",
+        "checkpoint",
+        "recipe",
+        "busy",
+        "status",
+        "model_file",
+        "raw",
+    )
+)
+(
+    _set_health_status,
+    _set_version,
+    _set_models,
+    _set_max_models,
+    _set_raw,
+    _set_skipped,
+    _set_by_name,
+) = (
+    Health.__dict__[name].__set__
+    for name in ("status", "version", "models", "_max_models", "raw", "skipped", "_by_name")
+)
+
+
 def _merge(first: LoadedModel, again: LoadedModel) -> LoadedModel:
     uses = [use for use in (first.last_use, again.last_use) if use is not None]
     return attrs.evolve(
@@ -726,25 +783,81 @@ def _merge(first: LoadedModel, again: LoadedModel) -> LoadedModel:
 
 
 def _parse_health(route: str, doc: object) -> Health:
+    """A whole ``/health`` reading (see :meth:`LemonadeClient.health`).
+
+    A reading may list 10,000 rows and is read on every reconcile pass, so
+    the row that is the rule (a dict of exactly the types ``json.loads``
+    makes, each field well-formed) is checked in one expression, inline: no
+    call per field, no message built in advance, no copy of the row (its
+    ``raw`` is a read-only view of the freshly parsed row, which ``Health.raw``
+    lists too).  That check accepts only rows that :func:`_parse_model`
+    accepts and builds the same :class:`LoadedModel`; every other row,
+    malformed or merely unusual (a ``str`` subclass, say), is read by
+    :func:`_parse_model`, which accepts it or names what is wrong.
+    """
     obj = _object(route, doc)
-    status = obj.get("status")
-    if status is not None and not isinstance(status, str):
+    reading_status = obj.get("status")
+    if reading_status is not None and not isinstance(reading_status, str):
         raise ServerParseError(route, "'status' is not a string")
     key = "all_models_loaded" if "all_models_loaded" in obj else "loaded"
     entries = obj.get(key)
     if not isinstance(entries, list):
         raise ServerParseError(route, "no model list ('all_models_loaded' or 'loaded')")
-    models: dict[str, LoadedModel] = {}
+    # The models by name, in the order first listed: Health's index as well.
+    by_name: dict[str, LoadedModel] = {}
     skipped = 0
+    new = _new
+    read_only = types.MappingProxyType
     for index, entry in enumerate(entries):
+        if type(entry) is dict:
+            get = entry.get
+            name = get("model_name")
+            kind = get("type")
+            last_use = get("last_use")
+            checkpoint = get("checkpoint")
+            recipe = get("recipe")
+            status = get("status")
+            busy = get("is_busy")
+            streaming = get("is_streaming")
+            pinned = get("pinned")
+            options = get("recipe_options")
+            if (
+                type(name) is str
+                and name
+                and (kind is None or type(kind) is str)
+                and (last_use is None or type(last_use) is int)
+                and (checkpoint is None or type(checkpoint) is str)
+                and (recipe is None or type(recipe) is str)
+                and (status is None or type(status) is str)
+                and (busy is None or busy is True or busy is False)
+                and (streaming is None or streaming is True or streaming is False)
+                and (pinned is None or pinned is True or pinned is False)
+                and (options is None or type(options) is dict)
+            ):
+                command = get("launch_command")
+                model = new(LoadedModel)
+                _set_name(model, name)
+                _set_type(model, kind)
+                _set_last_use(model, last_use)
+                _set_checkpoint(model, checkpoint)
+                _set_recipe(model, recipe)
+                _set_busy(model, busy is True or streaming is True)
+                _set_status(model, status)
+                _set_model_file(model, None if command is None else _file_after_m(command))
+                _set_row(model, read_only(entry))
+                seen = by_name.setdefault(name, model)
+                if seen is not model:
+                    by_name[name] = _merge(seen, model)
+                continue
         try:
             model = _parse_model(route, index, entry)
         except ServerParseError as exc:
             skipped += 1
             logger.warning("%s; that row is left out of the reading", exc)
             continue
-        seen = models.get(model.name)
-        models[model.name] = model if seen is None else _merge(seen, model)
+        seen = by_name.setdefault(model.name, model)
+        if seen is not model:
+            by_name[model.name] = _merge(seen, model)
 
     max_models: dict[str, int] = {}
     raw = obj.get("max_models")
@@ -753,11 +866,14 @@ def _parse_health(route: str, doc: object) -> Health:
             if not isinstance(limit, int) or isinstance(limit, bool):
                 raise ServerParseError(route, f"'max_models'[{kind!r}] is not an int")
             max_models[kind] = limit
-    return Health(
-        status=status,
-        version=_opt_str(route, obj, "version", "body"),
-        models=tuple(models.values()),
-        max_models=max_models,
-        raw=obj,
-        skipped=skipped,
-    )
+    version = _opt_str(route, obj, "version", "body")
+    # What Health(...) builds, but with the index above rather than a second one.
+    health = new(Health)
+    _set_health_status(health, reading_status)
+    _set_version(health, version)
+    _set_models(health, tuple(by_name.values()))
+    _set_max_models(health, _to_pairs(max_models))
+    _set_raw(health, _read_only(obj))
+    _set_skipped(health, skipped)
+    _set_by_name(health, read_only(by_name))
+    return health

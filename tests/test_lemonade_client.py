@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import socket
+import time
+import types
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import anyio
+import attrs
 import httpx
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
+from kit import examples
 
 import slotfsm
 from slotfsm.errors import ConfigError, SlotfsmError
@@ -29,6 +36,9 @@ from slotfsm.lemonade import (
     ServerTimeout,
     ServerUnreachable,
     SystemInfo,
+    _merge,
+    _parse_health,
+    _parse_model,
 )
 from slotfsm.testing import FakeLemonade, FakeModel, FakeTiming
 
@@ -819,6 +829,136 @@ async def test_health_has_its_own_cap_larger_than_other_bodies() -> None:
     client, _ = make(reply(200, big), max_body_bytes=1_000)
     async with client:
         assert len((await client.health()).models) == 1  # the same row twenty times
+
+
+# -- reading a large /health fast, to the same result ------------------------------
+
+ROUTE = "GET /api/v1/health"
+
+
+class Text(str):
+    """A string that ``json.loads`` never makes, which a row may still hold."""
+
+
+class Table(dict[str, Any]):
+    """Likewise, a mapping."""
+
+
+def by_field(names: Any, strings: Any, ints: Any, bools: Any, options: Any, commands: Any) -> Any:
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "model_name": names,
+            "type": strings,
+            "checkpoint": strings,
+            "recipe": strings,
+            "status": strings,
+            "last_use": ints,
+            "is_busy": bools,
+            "is_streaming": bools,
+            "pinned": bools,
+            "recipe_options": options,
+            "launch_command": commands,
+            "pid": st.integers(0, 1 << 20),
+        },
+    )
+
+
+WELL_FORMED = by_field(
+    names=st.sampled_from(["a", "b"]),
+    strings=st.sampled_from([None, "llm", "", "/models/a.gguf"]),
+    ints=st.sampled_from([None, 0, 7, -1, 1 << 70]),
+    bools=st.sampled_from([None, True, False]),
+    options=st.sampled_from([None, {}, {"ctx_size": 4096}]),
+    commands=st.sampled_from(
+        [None, [], ["-m"], ["srv", "-m", "/m/a.gguf"], ["-m", 3], ["-m", ""], ["srv", "--jinja"]]
+    ),
+)
+ANY_ROW = by_field(
+    names=st.sampled_from(["a", "b", Text("a"), "", 3, None, ["a"]]),
+    strings=st.sampled_from([None, "llm", "", Text("x"), 1, True, 1.5, [], {}]),
+    ints=st.sampled_from([None, 0, 7, 1 << 70, True, False, 1.0, "1", None]),
+    bools=st.sampled_from([None, True, False, 0, 1, 1.0, "yes", []]),
+    options=st.sampled_from([None, {}, Table(a=1), [], "x", 0]),
+    commands=st.sampled_from(
+        [None, ["srv", "-m", "/m/a.gguf"], ["-m", Text("/t")], "-m /m/a.gguf", ("-m", "/m"), {}]
+    ),
+)
+ENTRIES = st.lists(
+    st.one_of(WELL_FORMED, ANY_ROW, WELL_FORMED.map(Table), st.sampled_from(["a", None, [], 3])),
+    max_size=5,
+)
+
+
+def read_row_by_row(entries: list[Any]) -> tuple[dict[str, LoadedModel], int]:
+    """What the field-by-field reader makes of each row: the models by name, the rows left out."""
+    models: dict[str, LoadedModel] = {}
+    skipped = 0
+    for index, entry in enumerate(entries):
+        try:
+            model = _parse_model(ROUTE, index, entry)
+        except ServerParseError:
+            skipped += 1
+            continue
+        seen = models.get(model.name)
+        models[model.name] = model if seen is None else _merge(seen, model)
+    return models, skipped
+
+
+@settings(max_examples=examples(400))
+@given(ENTRIES)
+def test_a_reading_is_what_the_field_by_field_reader_makes_of_each_row(entries: list[Any]) -> None:
+    health = _parse_health(ROUTE, {"status": "ok", "all_models_loaded": entries})
+    expected, skipped = read_row_by_row(entries)
+    assert health.skipped == skipped
+    assert health.models == tuple(expected.values())
+    for model, want in zip(health.models, expected.values(), strict=True):
+        assert (model.model_file, model.busy, model.last_use) == (
+            want.model_file,
+            want.busy,
+            want.last_use,
+        )
+        assert model.raw == want.raw and isinstance(model.raw, types.MappingProxyType)
+        assert health.get(model.name) is model
+    assert health.names == frozenset(expected)
+    # Every field of both classes is set, and the reading is the one Health(...) builds.
+    for value in (health, *health.models):
+        for field in attrs.fields(type(value)):
+            getattr(value, field.name)
+    built = Health("ok", None, health.models, {}, {"all_models_loaded": entries}, skipped)
+    assert health == built and hash(health) == hash(built) and repr(health) == repr(built)
+
+
+def test_a_row_read_from_health_is_read_only_though_not_copied() -> None:
+    row = dict(REAL_ROW)
+    health = _parse_health(ROUTE, {"status": "ok", "all_models_loaded": [row]})
+    (model,) = health.models
+    with pytest.raises(TypeError):
+        model.raw["pid"] = 1  # type: ignore[index]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        model.raw = {}  # type: ignore[misc]
+    assert model.raw == REAL_ROW and health.raw["all_models_loaded"][0] is row
+
+
+def test_reading_ten_times_the_rows_costs_about_ten_times_as_much() -> None:
+    def cost(rows: int) -> float:
+        """The least of several runs: other work on the machine only ever adds time."""
+        models = [
+            {"model_name": f"m{n}", "type": "llm", "last_use": n, "launch_command": ["-m", "f"]}
+            for n in range(rows)
+        ]
+        body = json.dumps({"status": "ok", "all_models_loaded": models})
+        best = math.inf
+        for _ in range(5):
+            doc = json.loads(body)
+            start = time.perf_counter()
+            health = _parse_health(ROUTE, doc)
+            best = min(best, time.perf_counter() - start)
+            assert len(health.models) == rows
+        return best
+
+    small, big = cost(1_000), cost(10_000)
+    assert big < 30 * small, f"{big / small:.1f}x the time for 10x the rows"
 
 
 @pytest.mark.anyio
