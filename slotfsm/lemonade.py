@@ -304,6 +304,7 @@ class LemonadeClient:
         self._max_health_bytes = max_health_bytes
         self._prefix = f"{prefix}/"
         self._warned_health_cap = False
+        self._last_health: tuple[bytes, Health] | None = None  # the latest body and its reading
         self._headers = httpx.Headers(headers)  # normalized once, copied per request
         self._json_headers = httpx.Headers({**headers, "Content-Type": "application/json"})
         self._phases = httpx.Timeout(self._timeout).as_dict()
@@ -441,9 +442,14 @@ class LemonadeClient:
         A body over ``max_health_bytes`` raises :class:`ServerParseError`; the
         first time, it is also logged as a warning, since the controller is
         then blind to the server until the cap is raised.
+
+        A body byte for byte the same as the previous one (with no row left
+        out) is the same reading: the previous :class:`Health` is returned
+        without parsing it again, so a server with nothing new costs a read
+        and a comparison.
         """
         try:
-            route, doc = await self._send(
+            route, status, data = await self._read(
                 "GET", self._prefix + "health", limit=self._max_health_bytes
             )
         except _TooBig as exc:
@@ -453,7 +459,13 @@ class LemonadeClient:
                     "%s; every reading this large is ignored: raise max_health_bytes", exc
                 )
             raise
-        return _parse_health(route, doc)
+        last = self._last_health
+        if last is not None and last[0] == data:  # the same bytes: the same reading
+            return last[1]
+        health = _parse_health(route, _json(route, status, data))
+        # Kept only when whole: a reading with rows left out is read (and logged) again.
+        self._last_health = (data, health) if not health.skipped else None
+        return health
 
     async def model_info(self, name: str) -> ModelInfo:
         """Describe model ``name`` (``GET /api/v1/models/{name}``).
@@ -528,7 +540,22 @@ class LemonadeClient:
         unbounded_read: bool = False,
         limit: int | None = None,
     ) -> tuple[str, object]:
-        """Send one request (exactly one) and return ``(route, parsed JSON)``.
+        """Send one request (exactly one) and return ``(route, parsed JSON)``."""
+        route, status, data = await self._read(
+            method, path, body=body, unbounded_read=unbounded_read, limit=limit
+        )
+        return route, _json(route, status, data)
+
+    async def _read(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, object] | None = None,
+        unbounded_read: bool = False,
+        limit: int | None = None,
+    ) -> tuple[str, int, bytes]:
+        """Send one request (exactly one) and return ``(route, status, body)`` of a 2xx answer.
 
         Every phase has ``timeout`` (but the read, with ``unbounded_read``);
         besides, a request with a bounded read must complete within
@@ -551,7 +578,7 @@ class LemonadeClient:
         body: Mapping[str, object] | None,
         phases: dict[str, float | None],
         cap: int,
-    ) -> tuple[str, object]:
+    ) -> tuple[str, int, bytes]:
         """One request and its bounded body; non-2xx raises :class:`ServerHTTPError`."""
         route = f"{method} {path}"
         if body is None:
@@ -604,10 +631,7 @@ class LemonadeClient:
             raise ServerHTTPError(route, status, self._redact(message), code)
         if too_big:
             raise _TooBig(route, f"HTTP {status}: body larger than {cap} bytes")
-        try:
-            return route, json.loads(bytes(data))
-        except (ValueError, RecursionError) as exc:
-            raise ServerParseError(route, f"HTTP {status}: body is not JSON") from exc
+        return route, status, bytes(data)
 
     def _url(self, path: str) -> httpx.URL:
         """The absolute URL of ``path``; the fixed routes' are parsed once."""
@@ -625,6 +649,13 @@ class LemonadeClient:
 
 
 # -- parsing -----------------------------------------------------------------
+
+
+def _json(route: str, status: int, data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ServerParseError(route, f"HTTP {status}: body is not JSON") from exc
 
 
 def _check_model_name(model_name: object) -> None:

@@ -715,6 +715,32 @@ async def test_a_malformed_row_is_left_out_and_logged(
 
 
 @pytest.mark.anyio
+async def test_the_same_answer_again_is_the_same_reading_without_parsing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body byte for byte the previous one gives the previous reading; any other is parsed.
+
+    A reading that left a row out is parsed (and logged) every time.
+    """
+    bodies = [
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": 1}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": 1}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": 2}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": True}]},
+        {"status": "ok", "all_models_loaded": [{"model_name": "a", "last_use": True}]},
+    ]
+    answers = iter(bodies)
+    client, _ = make(lambda request: httpx.Response(200, json=next(answers)))
+    async with client:
+        readings = [await client.health() for _ in bodies]
+    first, again, used, bad, bad_again = readings
+    assert again is first
+    assert used is not first and used.get("a") == LoadedModel("a", last_use=2)
+    assert bad.skipped == bad_again.skipped == 1 and bad_again is not bad
+    assert caplog.text.count("that row is left out") == 2
+
+
+@pytest.mark.anyio
 async def test_a_reading_without_status_is_read() -> None:
     client, _ = make(reply(200, {"all_models_loaded": [{"model_name": "a"}]}))
     async with client:
