@@ -267,7 +267,7 @@ class SlotActor:
             with anyio.CancelScope() as self._scope:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
-                    self._arm_timer()
+                    self._arm_timer(self._since)
                     task_status.started()
                     while True:
                         envelope = self._mailbox.get()
@@ -322,27 +322,29 @@ class SlotActor:
             return
         if envelope.reply is not None:
             self._waiting.append(envelope.reply)
-        if step.changed_state:
-            self._leave_state()
-        if self._machine.data is not before or step.changed_state:
+        changed = step.changed_state
+        now = anyio.current_time()
+        if changed:
+            self._leave_state(now)
+        if self._machine.data is not before or changed:
             self._sync()
         if step.notable:
-            self._record(step, before, getattr(event, "at", None))
+            self._record(step, before, getattr(event, "at", now))
         elif (before.in_use == 0) != (self._machine.data.in_use == 0):
             serving = "serving: in use" if before.in_use == 0 else "no longer in use"
             state = self.state
-            self._keep(state, state, "use", anyio.current_time(), self._machine.data.model, serving)
+            self._keep(state, state, "use", now, self._machine.data.model, serving)
         for effect in step.effects:
             self._start(effect)
-        if step.changed_state:
-            self._arm_timer()
+        if changed:
+            self._arm_timer(now)
         self._snapshot = None
         if self.state.settled and self._waiting:
             waiting, self._waiting = self._waiting, []
             snapshot = self.snapshot
             for reply in waiting:
                 reply.resolve(snapshot)
-        if step.changed_state and self._postponed:
+        if changed and self._postponed:
             postponed, self._postponed = self._postponed, deque()
             for again in postponed:
                 self._handle(again)
@@ -368,7 +370,7 @@ class SlotActor:
         """Leave the shared rulebook (after the actor has stopped)."""
         self._rulebook.detach(self._machine)
 
-    def _leave_state(self) -> None:
+    def _leave_state(self, now: float) -> None:
         """Cancel the work the old state owned (and its timer): its results can no longer matter."""
         for scope in self._work:
             scope.cancel()
@@ -379,7 +381,7 @@ class SlotActor:
         self._answered = False
         self._unload_sent = False
         self._epoch += 1
-        self._since = anyio.current_time()
+        self._since = now
 
     def note(self, trigger: str, reason: str, model: str | None = None) -> None:
         """Record and publish something done for this slot from outside its rules.
@@ -407,12 +409,12 @@ class SlotActor:
         loading = data.target.name if data.target and self.state is SlotState.LOADING else None
         self._ledger.sync(self.name, held=data.model, loading=loading, leaving=data.leaving)
 
-    def _arm_timer(self) -> None:
-        """Arm the state timer the rule table declares for the state just entered."""
+    def _arm_timer(self, now: float) -> None:
+        """Arm the state timer the rule table declares for the state just entered at ``now``."""
         timer = TIMERS.get(self.state)
         if timer is not None:
             self._timer_seconds = getattr(self.config, timer.seconds)
-            self._deadline = anyio.current_time() + self._timer_seconds
+            self._deadline = now + self._timer_seconds
 
     def _timer_fired(self) -> _Envelope | None:
         """The state timer's event, once its deadline passed with the mailbox empty.
@@ -447,7 +449,7 @@ class SlotActor:
         """The old model of a swap whose unload has not gone out: the slot still holds it."""
         return None if self._unload_sent else self._machine.data.leaving
 
-    def _record(self, step: Step, before: SlotData, at: float | None) -> None:
+    def _record(self, step: Step, before: SlotData, at: float) -> None:
         """Keep and publish a transition (a change of state, or a guarded internal one).
 
         ``at`` is the event's own time where it has one (the slot's one clock:
@@ -461,7 +463,7 @@ class SlotActor:
             step.source,
             step.dest,
             step.rule.trigger.value,
-            at if at is not None else anyio.current_time(),
+            at,
             failure.model if failure is not None and failure.model else model,
             str(failure) if failure else step.rule.label,
             failure,

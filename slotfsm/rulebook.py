@@ -15,10 +15,10 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
-from transitions import Machine
+from transitions import Machine, Transition
 
 from slotfsm.config import SlotConfig
 from slotfsm.errors import ConfigError
@@ -127,6 +127,7 @@ class Rulebook:
                 before=[_prepare_callback(rule)],
                 after=[_apply],
             )
+        self._machine.check_lean()
 
     def attach(self, slot: SlotMachine, state: SlotState = SlotState.IDLE) -> None:
         """Put ``slot`` under this rulebook, starting in ``state`` (constant time)."""
@@ -176,6 +177,31 @@ class Rulebook:
         return Step(Outcome.TAKEN, source, slot.state, rule, effects)
 
 
+class _RuleTransition(Transition):
+    """A transition that runs its rule's callbacks, and nothing else.
+
+    The rulebook's machine has no state ``on_enter``/``on_exit`` callbacks,
+    no machine-wide ones and no ``prepare`` lists (:class:`Rulebook` checks
+    it): ``transitions`` would walk those empty lists and emit a handful of
+    debug lines per step.  This does the rest exactly as ``Transition`` does:
+    the conditions in order, ``before``, the state change, ``after``.
+    """
+
+    def execute(self, event_data: Any) -> bool:
+        for condition in self.conditions:
+            if not condition.check(event_data):
+                return False
+        for func in self.before:
+            cast(Callable[[Any], None], func)(event_data)  # callables: see check_lean
+        if self.dest:  # None: an internal rule, the state stays
+            machine = event_data.machine
+            machine.set_state(self.dest, event_data.model)
+            event_data.update(getattr(event_data.model, machine.model_attribute))
+        for func in self.after:
+            cast(Callable[[Any], None], func)(event_data)
+        return True
+
+
 class _SharedMachine(Machine):
     """A ``Machine`` that binds no convenience methods onto its models, and finds them fast.
 
@@ -186,11 +212,36 @@ class _SharedMachine(Machine):
     It also keeps its models in a list that ``add_model`` searches before
     adding and ``remove_model`` searches to remove: attaching n slots would
     cost n² comparisons.  Here the models are kept in :class:`_Models`.
+    Its transitions are :class:`_RuleTransition`.
     """
+
+    transition_cls = _RuleTransition
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.models: Any = _Models()  # transitions declares a list; it needs only these
+
+    def check_lean(self) -> None:
+        """Refuse callbacks that :class:`_RuleTransition` would not run."""
+        unrun = [
+            self.before_state_change,
+            self.after_state_change,
+            self.prepare_event,
+            self.finalize_event,
+            self.on_exception,
+            self.on_final,
+            *(t.prepare for e in self.events.values() for ts in e.transitions.values() for t in ts),
+            *(s.on_enter + s.on_exit for s in self.states.values()),
+        ]
+        rule_callbacks = [
+            func
+            for e in self.events.values()
+            for ts in e.transitions.values()
+            for t in ts
+            for func in (*t.before, *t.after)
+        ]
+        if any(unrun) or not all(callable(func) for func in rule_callbacks):
+            raise ConfigError("the rulebook's machine runs rule callbacks only, as callables")
 
     def _checked_assignment(self, model: object, name: str, func: object) -> None:
         return None

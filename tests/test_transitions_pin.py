@@ -3,7 +3,8 @@
 One ``transitions.Machine`` runs every slot, and it is told not to bind its
 convenience methods (``load()``, ``may_load()``, ``is_IDLE()`` ... one per
 trigger and state) onto each slot by overriding a private method of
-``Machine``.  ``pyproject.toml`` pins ``transitions`` below its next minor
+``Machine``; its transitions repeat ``Transition.execute`` without the
+callback lists the rulebook leaves empty.  ``pyproject.toml`` pins ``transitions`` below its next minor
 release; these tests are what a bump of that pin must pass.
 """
 
@@ -64,3 +65,40 @@ def test_attached_slots_stay_within_the_memory_budget() -> None:
         tracemalloc.stop()
     assert all(slot.state is SlotState.IDLE for slot in slots)
     assert per_slot <= BUDGET_PER_SLOT, f"{per_slot:,.0f} bytes per attached slot"
+
+
+def test_a_stock_transition_runs_what_the_rulebook_copy_runs_in_the_same_order() -> None:
+    """The rulebook's transitions repeat ``Transition.execute`` minus its empty callback lists.
+
+    What they keep — conditions in order (stopping at the first false),
+    ``before``, the state change, ``after`` — must still be what the stock
+    one does, in that order.
+    """
+    from transitions import Machine
+
+    seen: list[str] = []
+
+    class Model:
+        state: str
+
+    def note(what: str, result: bool = True) -> object:
+        def callback(event_data: object) -> bool:
+            seen.append(f"{what} in {model.state}")
+            return result
+
+        return callback
+
+    model = Model()
+    machine = Machine(model=None, states=["a", "b"], initial="a", send_event=True)
+    machine.add_model(model)
+    machine.add_transition("go", "a", "b", conditions=[note("no", False)], before=[note("unused")])
+    machine.add_transition(
+        "go",
+        "a",
+        "b",
+        conditions=[note("yes"), note("yes again")],
+        before=[note("before")],
+        after=[note("after")],
+    )
+    assert machine.events["go"].trigger(model)
+    assert seen == ["no in a", "yes in a", "yes again in a", "before in a", "after in b"]
