@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import attrs
 from transitions import Machine, Transition
+from transitions.core import EventData
 
 from slotfsm.config import SlotConfig
 from slotfsm.errors import ConfigError
@@ -128,6 +129,16 @@ class Rulebook:
                 after=[_apply],
             )
         self._machine.check_lean()
+        # What ``Event.trigger`` would look up per step, looked up once: the
+        # state, the event and the transitions in the order declared.
+        self._fire = {
+            (state, trigger): (
+                self._machine.get_state(state),
+                self._machine.events[trigger.value],
+                tuple(self._machine.events[trigger.value].transitions[state.name]),
+            )
+            for state, trigger in self._by_key
+        }
 
     def attach(self, slot: SlotMachine, state: SlotState = SlotState.IDLE) -> None:
         """Put ``slot`` under this rulebook, starting in ``state`` (constant time)."""
@@ -166,7 +177,7 @@ class Rulebook:
         if inert is not None:
             return Step(Outcome.TAKEN, source, source, inert)
         slot.fired = None
-        if not self._machine.events[trigger.value].trigger(slot, event=event):
+        if not self._run_machine(slot, source, trigger, event):
             if (source, trigger) in self.postponed:
                 return Step(Outcome.POSTPONED, source, source, reason=f"{trigger} waits")
             return Step(
@@ -175,6 +186,22 @@ class Rulebook:
         assert slot.fired is not None
         rule, _, effects = slot.fired
         return Step(Outcome.TAKEN, source, slot.state, rule, effects)
+
+    def _run_machine(
+        self, slot: SlotMachine, source: SlotState, trigger: Trigger, event: Event
+    ) -> bool:
+        """Run the machine's transitions for ``trigger`` in ``source`` until one is taken.
+
+        What ``Event.trigger`` does for a machine without queued events,
+        exception or finalize callbacks, for a pair known to have rules.
+        """
+        state, machine_event, transitions = self._fire[(source, trigger)]
+        data = EventData(state, machine_event, self._machine, slot, (), {"event": event})
+        for transition in transitions:
+            data.transition = transition
+            if transition.execute(data):
+                return True
+        return False
 
 
 class _RuleTransition(Transition):
@@ -222,7 +249,7 @@ class _SharedMachine(Machine):
         self.models: Any = _Models()  # transitions declares a list; it needs only these
 
     def check_lean(self) -> None:
-        """Refuse callbacks that :class:`_RuleTransition` would not run."""
+        """Refuse what the rulebook's steps would not honour: queued events, callbacks not run."""
         unrun = [
             self.before_state_change,
             self.after_state_change,
@@ -240,7 +267,7 @@ class _SharedMachine(Machine):
             for t in ts
             for func in (*t.before, *t.after)
         ]
-        if any(unrun) or not all(callable(func) for func in rule_callbacks):
+        if any(unrun) or self.has_queue or not all(callable(f) for f in rule_callbacks):
             raise ConfigError("the rulebook's machine runs rule callbacks only, as callables")
 
     def _checked_assignment(self, model: object, name: str, func: object) -> None:
