@@ -4,8 +4,9 @@ One ``transitions.Machine`` runs every slot, and it is told not to bind its
 convenience methods (``load()``, ``may_load()``, ``is_IDLE()`` ... one per
 trigger and state) onto each slot by overriding a private method of
 ``Machine``; its transitions repeat ``Transition.execute`` without the
-callback lists the rulebook leaves empty.  ``pyproject.toml`` pins ``transitions`` below its next minor
-release; these tests are what a bump of that pin must pass.
+callback lists the rulebook leaves empty.  ``pyproject.toml`` pins
+``transitions`` below its next minor release; these tests are what a bump of
+that pin must pass.
 """
 
 from __future__ import annotations
