@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import attrs
 from transitions import Machine, Transition
-from transitions.core import EventData
+from transitions.core import EventData, listify
 
 from slotfsm.config import SlotConfig
 from slotfsm.errors import ConfigError
@@ -272,6 +272,22 @@ class _SharedMachine(Machine):
 
     def _checked_assignment(self, model: object, name: str, func: object) -> None:
         return None
+
+    def add_model(self, model: Any, initial: Any = None) -> None:
+        """Attach ``model`` (one slot, or several) in ``initial``: its state and membership only.
+
+        ``Machine.add_model`` also builds a ``functools.partial`` for every
+        trigger and state (a few dozen per slot, dropped at once since
+        nothing is bound) and looks on the model for ``on_enter_*`` methods a
+        slot never has: most of what attaching cost.
+        """
+        if initial is None:
+            initial = self.initial
+        state = self.get_state(initial)
+        for slot in listify(model):
+            if slot not in self.models:
+                setattr(slot, self.model_attribute, state.value)
+                self.models.append(slot)
 
 
 class _Models:
