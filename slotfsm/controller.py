@@ -22,6 +22,7 @@ What the server may hold because of us is kept in one residency ledger
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -162,7 +163,6 @@ class Controller:
         self._system: Mapping[str, str] | None = None  # llama.cpp backends and their states
         self._wall_offset = 0.0
         self._state_path = state_path
-        self._history = history
         self._rulebook = Rulebook()
         self._hub = TransitionHub(transition_ring)
         self._sequence = itertools.count(1).__next__
@@ -170,6 +170,24 @@ class Controller:
         self._requests: TaskGroup | None = None
         self._courier = Courier(self._client, self._ledger, self._request_group, self._cleaned)
         self._actors: dict[str, SlotActor] = {}
+        # Every actor gets the same callbacks, bound here once: a bound method is a new object
+        # each time it is read, and one kept per slot is more for the cyclic collector to walk.
+        self._new_actor = functools.partial(
+            SlotActor,
+            rulebook=self._rulebook,
+            courier=self._courier,
+            ledger=self._ledger,
+            validate=self._validate,
+            validate_cached=self._validate_cached,
+            preflight=self._preflight,
+            preflight_now=self._preflight_now,
+            reconcile=self._reconcile_after_load,
+            loaded_file=self._loaded_file,
+            sequence=self._sequence,
+            publish=self._hub.publish,
+            next_id=self._hub.next_id,
+            history=history,
+        )
         self._actor_group: TaskGroup | None = None
         self._watcher = IdleWatcher(self._client, self._deliver, self._sequence, poll_interval)
         self._exit: contextlib.AsyncExitStack | None = None
@@ -255,25 +273,7 @@ class Controller:
     def _make_actor(
         self, config: SlotConfig, state: SlotState = SlotState.IDLE, data: SlotData | None = None
     ) -> SlotActor:
-        actor = SlotActor(
-            config,
-            self._rulebook,
-            courier=self._courier,
-            ledger=self._ledger,
-            validate=self._validate,
-            validate_cached=self._validate_cached,
-            preflight=self._preflight,
-            preflight_now=self._preflight_now,
-            reconcile=self._reconcile_after_load,
-            loaded_file=self._loaded_file,
-            sequence=self._sequence,
-            publish=self._on_transition,
-            next_id=self._hub.next_id,
-            wall_offset=self._wall_offset,
-            history=self._history,
-            state=state,
-            data=data,
-        )
+        actor = self._new_actor(config, wall_offset=self._wall_offset, state=state, data=data)
         self._actors[config.name] = actor
         return actor
 
