@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 
 from slotfsm.config import SlotConfig
 from slotfsm.courier import Courier
@@ -183,6 +183,7 @@ class SlotActor:
         history: int = 32,
         state: SlotState = SlotState.IDLE,
         data: SlotData | None = None,
+        task_group: TaskGroup,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -207,15 +208,15 @@ class SlotActor:
         self._epoch = 0
         self._work: set[anyio.CancelScope] = set()
         self._history: deque[SlotTransition] = deque(maxlen=history)
-        self._since = 0.0
+        self._since = anyio.current_time()
         self._doing = ""  # what the load work is doing now, for the timer's message
         self._answered = False  # the load of the current visit to ``loading`` answered
         self._unload_sent = False  # the swap's unload of the old model has gone out
         self._quiet = False  # waiting for an event, none sent since (see ``interest``)
         self._deadline: float | None = None  # when the state timer fires, if one is armed
         self._timer_seconds = 0.0
-        self._task_group: TaskGroup | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._task_group: TaskGroup | None = task_group  # where the slot's work runs
+        self._scope = anyio.CancelScope()  # stop() may come before run() does
         self._sync()
         self._snapshot: SlotSnapshot | None = None  # made when asked for, after a change
 
@@ -259,16 +260,20 @@ class SlotActor:
 
     # -- the loop -------------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Handle the mailbox until cancelled; fail whoever still waits on exit."""
-        self._since = anyio.current_time()
-        self._snapshot = None
+    async def run(self) -> None:
+        """Handle the mailbox until stopped or cancelled; fail whoever still waits on exit.
+
+        Start it with ``start_soon``: the slot takes commands from construction
+        on (they wait in its mailbox), and its state, ``since`` and snapshot
+        are right from then on too.  The work its states start runs in the
+        task group the actor was given, not in one of its own: an idle slot
+        keeps one task and one cancel scope, and stopping it unwinds no group.
+        Work still running when the actor stops is cancelled here.
+        """
         try:
-            with anyio.CancelScope() as self._scope:
-                async with anyio.create_task_group() as task_group:
-                    self._task_group = task_group
+            with self._scope:
+                try:
                     self._arm_timer(self._since)
-                    task_status.started()
                     while True:
                         envelope = self._mailbox.get()
                         if envelope is None:
@@ -283,6 +288,9 @@ class SlotActor:
                         self._handle(envelope)
                         if envelope.handled is not None:
                             envelope.handled()
+                finally:
+                    for scope in self._work:
+                        scope.cancel()
         finally:
             left = self._mailbox.close()
             unanswered = [*self._waiting, *(e.reply for e in self._postponed if e.reply)]
@@ -400,8 +408,7 @@ class SlotActor:
 
     def stop(self) -> None:
         """Stop the actor (its :meth:`run` returns; whoever waits is answered)."""
-        if self._scope is not None:
-            self._scope.cancel()
+        self._scope.cancel()
 
     def _sync(self) -> None:
         """Tell the ledger what this slot owns now (it is the only writer of that)."""

@@ -227,7 +227,8 @@ class Controller:
             actors = await self._task_group(stack)
             self._actor_group = actors
             for name, config in self._configs.items():
-                await self._start_actor(actors, config, *resumed.get(name, (SlotState.IDLE, None)))
+                actor = self._make_actor(config, *resumed.get(name, (SlotState.IDLE, None)))
+                actors.start_soon(actor.run)  # it takes commands already: nothing to wait for
             if self._state_path is not None:
                 self._state_dirty = anyio.Event()
                 self._state_dirty.set()
@@ -259,21 +260,17 @@ class Controller:
         stack.callback(group.cancel_scope.cancel)
         return group
 
-    async def _start_actor(
-        self,
-        group: TaskGroup,
-        config: SlotConfig,
-        state: SlotState = SlotState.IDLE,
-        data: SlotData | None = None,
-    ) -> SlotActor:
-        actor = self._make_actor(config, state, data)
-        await group.start(actor.run)
-        return actor
-
     def _make_actor(
         self, config: SlotConfig, state: SlotState = SlotState.IDLE, data: SlotData | None = None
     ) -> SlotActor:
-        actor = self._new_actor(config, wall_offset=self._wall_offset, state=state, data=data)
+        assert self._actor_group is not None
+        actor = self._new_actor(
+            config,
+            wall_offset=self._wall_offset,
+            state=state,
+            data=data,
+            task_group=self._actor_group,
+        )
         self._actors[config.name] = actor
         return actor
 
