@@ -68,6 +68,11 @@ class Step:
         return self.outcome is Outcome.TAKEN and self.rule is not None and self.rule.notable
 
 
+_NO_DATA = SlotData()
+"""A new slot's data, shared: it is immutable, and one per idle slot is one more object
+for the cyclic collector to walk."""
+
+
 class SlotMachine:
     """One slot as the shared machine sees it: a state, data and configuration."""
 
@@ -75,7 +80,7 @@ class SlotMachine:
 
     def __init__(self, config: SlotConfig, data: SlotData | None = None) -> None:
         self.config = config
-        self.data = data if data is not None else SlotData()
+        self.data = data if data is not None else _NO_DATA
         self.fired: tuple[Rule, SlotData, tuple[Effect, ...]] | None = None
 
 
