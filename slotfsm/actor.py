@@ -273,6 +273,8 @@ class SlotActor:
         try:
             with self._scope:
                 try:
+                    if self._scope.cancel_called:  # stopped before it ran: it takes nothing
+                        return
                     self._arm_timer(self._since)
                     while True:
                         envelope = self._mailbox.get()
