@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import statistics
 import time
@@ -97,13 +98,18 @@ def body_of(shape: str, rows: int) -> bytes:
 
 
 class Instant(httpx.AsyncBaseTransport):
-    """Answers every request at once with the same body."""
+    """Answers every request at once with the body, and a space after it every other time.
+
+    The same reading, never the same bytes twice in a row: the client parses
+    each answer (it would return its previous reading for the same bytes).
+    """
 
     def __init__(self, body: bytes) -> None:
-        self.body = body
+        self.bodies = itertools.cycle([body, body + b" "])
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=self.body, headers={"Content-Type": "application/json"})
+        content = next(self.bodies)
+        return httpx.Response(200, content=content, headers={"Content-Type": "application/json"})
 
 
 async def timed(action: Callable[[], Awaitable[object]]) -> float:
