@@ -376,12 +376,7 @@ class LemonadeClient:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"option {key!r} must be finite, got {value!r}")
             body[key] = value
-        route, doc = await self._send(
-            "POST",
-            self._prefix + "load",
-            body=body,
-            unbounded_read=True,
-        )
+        route, doc = await self._send("POST", self._prefix + "load", body, unbounded_read=True)
         obj = _object(route, doc)
         name = obj.get("model_name", model_name)
         if not isinstance(name, str) or not name:
@@ -408,7 +403,7 @@ class LemonadeClient:
         _check_model_name(model_name)
         try:
             route, doc = await self._send(
-                "POST", self._prefix + "unload", body={"model_name": model_name}
+                "POST", self._prefix + "unload", {"model_name": model_name}
             )
         except ServerHTTPError as exc:
             if exc.status == 404 and "not loaded" in exc.message.lower():
@@ -535,23 +530,20 @@ class LemonadeClient:
         self,
         method: str,
         path: str,
-        *,
         body: Mapping[str, object] | None = None,
+        *,
         unbounded_read: bool = False,
-        limit: int | None = None,
     ) -> tuple[str, object]:
-        """Send one request (exactly one) and return ``(route, parsed JSON)``."""
-        route, status, data = await self._read(
-            method, path, body=body, unbounded_read=unbounded_read, limit=limit
-        )
+        """Send one request (exactly one, see :meth:`_read`) and return ``(route, parsed JSON)``."""
+        route, status, data = await self._read(method, path, body, unbounded_read=unbounded_read)
         return route, _json(route, status, data)
 
     async def _read(
         self,
         method: str,
         path: str,
-        *,
         body: Mapping[str, object] | None = None,
+        *,
         unbounded_read: bool = False,
         limit: int | None = None,
     ) -> tuple[str, int, bytes]:
