@@ -3,10 +3,13 @@
 The actor owns a mailbox.  Callers' commands, the results of the slot's own
 work and the server observations all arrive there as events, and the actor
 feeds them one at a time to the rulebook.  Handling an event never waits:
-the effects a transition asks for are started as *state-owned work* — tasks
-that are cancelled the moment the slot leaves the state that started them —
-and each reports back as one more event.  A result that arrives for a state
-already left is refused as stale.
+the effects a transition asks for are started, and each reports back as one
+more event.  What must await something first (hashing, asking the server, a
+swap's unload of the old model) is *state-owned work*: a task cancelled the
+moment the slot leaves the state that started it.  A request to the server
+runs in the controller's courier, which reports its answer only while the
+slot still waits for it.  A result that arrives for a state already left is
+refused as stale.  The state timer is part of the wait for the next event.
 
 A failure inside the work (an HTTP error, an exception anywhere) becomes an
 event that takes this slot to ``error``; it never escapes into the other
