@@ -73,7 +73,7 @@ class Courier:
         name: str,
         options: Mapping[str, LoadOption],
         answered: Callable[[Outcome], Awaitable[None]],
-    ) -> None:
+    ) -> Ticket:
         """Send ``/load`` for ``slot`` now; ``answered(outcome)`` follows if the slot still waits.
 
         The slot stops waiting when it calls :meth:`abandon`: the request goes
@@ -85,13 +85,15 @@ class Courier:
         assert name not in self._cleaning, f"a clean-up of {name} is in flight"
         ticket = self._ledger.sent(name, slot, "load")
         self._send(ticket, functools.partial(self._client.load, name, **options), answered)
+        return ticket
 
     def send_unload(
         self, slot: str, name: str, answered: Callable[[Outcome], Awaitable[None]]
-    ) -> None:
+    ) -> Ticket:
         """Send ``/unload`` of ``name`` for ``slot`` now; as :meth:`send_load` for the rest."""
         ticket = self._ledger.sent(name, slot, "unload")
         self._send(ticket, functools.partial(self._client.unload, name), answered)
+        return ticket
 
     async def unload(self, slot: str, name: str) -> Outcome:
         """Send ``/unload`` of ``name`` for ``slot`` and wait for its answer.
@@ -106,8 +108,7 @@ class Courier:
             box.append(outcome)
             done.set()
 
-        ticket = self._ledger.sent(name, slot, "unload")
-        self._send(ticket, functools.partial(self._client.unload, name), answered)
+        ticket = self.send_unload(slot, name, answered)
         try:
             await done.wait()
         except BaseException:
