@@ -144,15 +144,23 @@ class _Mailbox:
         """The oldest queued envelope, or ``None``."""
         return self._items.popleft() if self._items else None
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the reader waits and nothing was put since."""
+        return self._wake is not None
+
     async def wait(self, deadline: float | None) -> bool:
         """Wait until something is queued (``True``) or ``deadline`` passes (``False``)."""
         if not self._items:
             self._wake = wake = anyio.Event()
-            if deadline is None:
-                await wake.wait()
-            else:
-                with anyio.CancelScope(deadline=deadline):
+            try:
+                if deadline is None:
                     await wake.wait()
+                else:
+                    with anyio.CancelScope(deadline=deadline):
+                        await wake.wait()
+            finally:
+                self._wake = None
         return bool(self._items)
 
     def close(self) -> list[_Envelope]:
@@ -215,10 +223,9 @@ class SlotActor:
         self._doing = ""  # what the load work is doing now, for the timer's message
         self._answered = False  # the load of the current visit to ``loading`` answered
         self._unload_sent = False  # the swap's unload of the old model has gone out
-        self._quiet = False  # waiting for an event, none sent since (see ``interest``)
         self._deadline: float | None = None  # when the state timer fires, if one is armed
         self._timer_seconds = 0.0
-        self._task_group: TaskGroup | None = task_group  # where the slot's work runs
+        self._task_group = task_group  # where the slot's work runs
         self._scope = anyio.CancelScope()  # stop() may come before run() does
         self._sync()
         self._snapshot: SlotSnapshot | None = None  # made when asked for, after a change
@@ -259,7 +266,6 @@ class SlotActor:
     def _deliver(self, message: _Envelope) -> None:
         if not self._mailbox.put(message):
             raise ControllerClosedError(f"slot {self.name!r}: the controller is closed")
-        self._quiet = False
 
     # -- the loop -------------------------------------------------------------------
 
@@ -282,12 +288,10 @@ class SlotActor:
                     while True:
                         envelope = self._mailbox.get()
                         if envelope is None:
-                            # Everything taken is handled: until a send says
-                            # otherwise, the slot is what the next event meets.
-                            self._quiet = True
+                            # Everything taken is handled: while the mailbox
+                            # waits, the slot is what the next event meets.
                             if not await self._mailbox.wait(self._deadline):
                                 envelope = self._timer_fired()
-                            self._quiet = False
                             if envelope is None:
                                 continue
                         self._handle(envelope)
@@ -375,7 +379,7 @@ class SlotActor:
         actor is busy with one: the slot may not be what it looks like by the
         time it takes the next one.
         """
-        if not self._quiet:
+        if not self._mailbox.waiting:
             return None
         return self._machine.state, self._machine.data, self._machine.config
 
@@ -553,10 +557,8 @@ class SlotActor:
             if self._start_now(effect):
                 return
         except Exception as exc:
-            logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
-            self._post(_crashed(effect, exc), self._epoch)
+            self._post(self._crashed(effect, exc), self._epoch)
             return
-        assert self._task_group is not None, "the actor is not running"
         scope = anyio.CancelScope()
         self._work.add(scope)
         self._task_group.start_soon(self._run_work, scope, self._epoch, effect)
@@ -586,16 +588,14 @@ class SlotActor:
 
     def _post(self, event: Event, epoch: int) -> None:
         """Queue the result of this slot's work, for the state visit ``epoch``."""
-        if self._mailbox.put(_Envelope(event, epoch=epoch)):
-            self._quiet = False
+        self._mailbox.put(_Envelope(event, epoch=epoch))
 
     async def _run_work(self, scope: anyio.CancelScope, epoch: int, effect: Effect) -> None:
         with scope:
             try:
                 event = await self._perform(effect)
             except Exception as exc:
-                logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
-                event = _crashed(effect, exc)
+                event = self._crashed(effect, exc)
             if event is not None:
                 self._post(event, epoch)
         self._work.discard(scope)
@@ -664,8 +664,7 @@ class SlotActor:
         try:
             event = await self._after_load(effect, confirmed, outcome)
         except Exception as exc:
-            logger.exception("slot %s: after the /load of %s", self.name, effect.entry.name)
-            event = _crashed(effect, exc)
+            event = self._crashed(effect, exc)
         self._post(event, epoch)
 
     async def _after_load(
@@ -715,8 +714,13 @@ class SlotActor:
             event = UnloadFailed(failure, anyio.current_time())
         self._post(event, epoch)
 
+    def _crashed(self, effect: Effect, exc: Exception) -> Event:
+        """Log a defect in this slot's work; the event that takes the slot to ``error``."""
+        logger.exception("slot %s: %s raised", self.name, type(effect).__name__)
+        return _crash_event(effect, exc)
 
-def _crashed(effect: Effect, exc: Exception) -> Event:
+
+def _crash_event(effect: Effect, exc: Exception) -> Event:
     """The event that takes a slot to ``error`` when its own work raised."""
     message = f"{type(effect).__name__} raised {type(exc).__name__}: {exc}"
     if isinstance(effect, StartValidation):

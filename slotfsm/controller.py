@@ -589,7 +589,7 @@ class Controller:
             entry,
             policy=self._hash_policy,
             cache=self._cache,
-            allow_unverified=self._allow_unverified or entry.allow_unverified,
+            allow_unverified=self._allow_unverified,  # an entry may allow itself (preload)
         )
 
     async def _validate(self, entry: ModelEntry) -> Failure | None:
@@ -597,7 +597,7 @@ class Controller:
             entry,
             policy=self._hash_policy,
             cache=self._cache,
-            allow_unverified=self._allow_unverified or entry.allow_unverified,
+            allow_unverified=self._allow_unverified,  # an entry may allow itself (preload)
         )
         if self._cache_dirty is not None and self._cache.dirty:
             self._cache_dirty.set()

@@ -573,18 +573,13 @@ class LemonadeClient:
     ) -> tuple[str, int, bytes]:
         """One request and its bounded body; non-2xx raises :class:`ServerHTTPError`."""
         route = f"{method} {path}"
-        if body is None:
-            request = httpx.Request(
-                method, self._url(path), headers=self._headers, extensions={"timeout": phases}
-            )
-        else:
-            request = httpx.Request(
-                method,
-                self._url(path),
-                headers=self._json_headers,
-                content=json.dumps(body).encode(),
-                extensions={"timeout": phases},
-            )
+        request = httpx.Request(
+            method,
+            self._url(path),
+            headers=self._headers if body is None else self._json_headers,
+            content=None if body is None else json.dumps(body).encode(),
+            extensions={"timeout": phases},
+        )
         data = bytearray()
         too_big = False
         try:

@@ -255,6 +255,7 @@ class _SharedMachine(Machine):
 
     def check_lean(self) -> None:
         """Refuse what the rulebook's steps would not honour: queued events, callbacks not run."""
+        transitions = [t for e in self.events.values() for ts in e.transitions.values() for t in ts]
         unrun = [
             self.before_state_change,
             self.after_state_change,
@@ -262,16 +263,10 @@ class _SharedMachine(Machine):
             self.finalize_event,
             self.on_exception,
             self.on_final,
-            *(t.prepare for e in self.events.values() for ts in e.transitions.values() for t in ts),
+            *(t.prepare for t in transitions),
             *(s.on_enter + s.on_exit for s in self.states.values()),
         ]
-        rule_callbacks = [
-            func
-            for e in self.events.values()
-            for ts in e.transitions.values()
-            for t in ts
-            for func in (*t.before, *t.after)
-        ]
+        rule_callbacks = [f for t in transitions for f in (*t.before, *t.after)]
         if any(unrun) or self.has_queue or not all(callable(f) for f in rule_callbacks):
             raise ConfigError("the rulebook's machine runs rule callbacks only, as callables")
 
